@@ -1,0 +1,142 @@
+"""Block form: a molecule's matrix as padded per-atom and per-ordered-pair blocks.
+
+A matrix ``M`` over a molecule's AOs (PySCF order, say) becomes
+
+* ``diag[i] = M[AO(i), AO(i)]``, shape ``[n_atoms, A, A]``, and
+* ``off[p] = M[AO(i), AO(j)]`` for every ordered pair ``p = (i, j)``, ``i != j``,
+  shape ``[n_pairs, A, A]``,
+
+each in the model's AO order and padded to the layout's width ``A``; masks mark the entries an
+atom really has. Index tables are built once per molecule (:func:`block_tables`, stored on the
+molecule's PyG ``Data``); a batch's gather indices are derived from them with a few tensor ops and
+cached on the batch, so splitting and assembling are one gather / one scatter with no Python loop
+over atoms or pairs.
+
+Full matrices of a batch travel *flat*: the row-major entries of every molecule's matrix
+concatenated (``[sum_b n_ao_b**2]``), see :func:`flatten` / :func:`unflatten`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from deqh_core.basis import AOLayout
+
+
+def block_tables(
+    layout: AOLayout, atomic_numbers: torch.Tensor | np.ndarray, convention: str = "pyscf"
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-molecule tables from model slots to AOs of the matrix in ``convention`` order.
+
+    Returns ``slot_ao [n_atoms, A]`` (the molecule's AO index for each padded slot, -1 where
+    the atom has none), ``slot_sign [n_atoms, A]`` (+-1, 0 where empty) and the AO count.
+    """
+    z = np.asarray(torch.as_tensor(atomic_numbers).cpu(), dtype=np.int64)
+    for el in np.unique(z):
+        layout.check_element(int(el))
+    ao, sign = layout.slot_tables(convention)
+    n_ao = layout.n_ao_table[z]
+    offset = np.cumsum(n_ao) - n_ao
+    slot_ao = np.where(ao[z] >= 0, ao[z] + offset[:, None], -1)
+    return torch.from_numpy(slot_ao), torch.from_numpy(sign[z]).to(torch.int8), int(n_ao.sum())
+
+
+def all_pairs(n_atoms: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """``[2, n(n-1)]`` every ordered atom pair ``(i, j)``, ``i != j``, row-major."""
+    i, j = torch.meshgrid(
+        torch.arange(n_atoms, device=device), torch.arange(n_atoms, device=device), indexing="ij"
+    )
+    keep = i != j
+    return torch.stack([i[keep], j[keep]])
+
+
+@dataclass
+class BlockGather:
+    """Flat gather indices of one batch (see module doc). Masked entries point at entry 0."""
+
+    diag: torch.Tensor  # [n_atoms, A, A] long
+    off: torch.Tensor  # [n_pairs, A, A] long
+    diag_mask: torch.Tensor  # [n_atoms, A, A] bool
+    off_mask: torch.Tensor  # [n_pairs, A, A] bool
+    diag_sign: torch.Tensor  # [n_atoms, A, A] int8
+    off_sign: torch.Tensor  # [n_pairs, A, A] int8
+    n_ao: torch.Tensor  # [n_molecules] long
+    offset: torch.Tensor  # [n_molecules] long: start of each molecule in the flat vector
+    size: int  # length of the flat vector
+
+
+def _molecule_of_atom(data) -> torch.Tensor:
+    batch = getattr(data, "batch", None)
+    if batch is None:
+        return torch.zeros(data.num_nodes, dtype=torch.long, device=data.slot_ao.device)
+    return batch
+
+
+def block_gather(data) -> BlockGather:
+    """Gather indices for a molecule's or a batch's ``Data`` with ``slot_ao``, ``slot_sign``,
+    ``n_ao`` and ``pair_index``; computed once and cached on the object."""
+    cached = data.__dict__.get("_block_gather")
+    if cached is not None:
+        return cached
+    slot_ao, sign = data.slot_ao, data.slot_sign
+    n_ao = data.n_ao.reshape(-1).long()
+    area = n_ao * n_ao
+    offset = torch.cumsum(area, 0) - area
+    mol = _molecule_of_atom(data)
+    valid = slot_ao >= 0
+    ao = slot_ao.clamp(min=0)
+    row = offset[mol][:, None] + ao * n_ao[mol][:, None]  # [n_atoms, A] start of each AO row
+
+    def pairs(i: torch.Tensor, j: torch.Tensor):
+        index = row[i][:, :, None] + ao[j][:, None, :]
+        mask = valid[i][:, :, None] & valid[j][:, None, :]
+        index = torch.where(mask, index, torch.zeros_like(index))
+        return index, mask, sign[i][:, :, None] * sign[j][:, None, :]
+
+    atoms = torch.arange(len(mol), device=mol.device)
+    diag, diag_mask, diag_sign = pairs(atoms, atoms)
+    off, off_mask, off_sign = pairs(data.pair_index[0], data.pair_index[1])
+    gather = BlockGather(
+        diag, off, diag_mask, off_mask, diag_sign, off_sign, n_ao, offset, int(area.sum())
+    )
+    data.__dict__["_block_gather"] = gather
+    return gather
+
+
+def split(flat: torch.Tensor, data) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat full matrices of a batch -> ``(diag [n_atoms, A, A], off [n_pairs, A, A])``
+    in model order, zero where masked."""
+    g = block_gather(data)
+    if flat.shape != (g.size,):
+        raise ValueError(f"expected a flat vector of {g.size} entries, got {tuple(flat.shape)}")
+    diag = flat[g.diag] * g.diag_sign.to(flat.dtype)
+    off = flat[g.off] * g.off_sign.to(flat.dtype)
+    return diag, off
+
+
+def assemble(diag: torch.Tensor, off: torch.Tensor, data) -> torch.Tensor:
+    """Inverse of :func:`split`: blocks in model order -> flat full matrices of the batch.
+
+    Differentiable; entries outside the masks are ignored.
+    """
+    g = block_gather(data)
+    out = diag.new_zeros(g.size)
+    out = out.index_put((g.diag[g.diag_mask],), (diag * g.diag_sign.to(diag.dtype))[g.diag_mask])
+    out = out.index_put((g.off[g.off_mask],), (off * g.off_sign.to(off.dtype))[g.off_mask])
+    return out
+
+
+def flatten(matrices: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Square matrices of several molecules -> one flat vector (row-major, concatenated)."""
+    return torch.cat([m.reshape(-1) for m in matrices])
+
+
+def unflatten(flat: torch.Tensor, n_ao: torch.Tensor | Sequence[int]) -> list[torch.Tensor]:
+    """Inverse of :func:`flatten` given each molecule's AO count."""
+    sizes = [int(n) for n in torch.as_tensor(n_ao).reshape(-1)]
+    parts = torch.split(flat, [n * n for n in sizes])
+    return [p.view(n, n) for p, n in zip(parts, sizes)]

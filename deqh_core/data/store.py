@@ -1,0 +1,237 @@
+"""The native on-disk format: QH9's raw SQLite schema, plus optional extras.
+
+Table ``data`` holds, *by position*, ``id, N, Z, pos, Ham``: id, atom count, atomic numbers
+(int32 blob), positions (float64 blob, Å) and the converged Fock matrix (float64 blob, PySCF AO
+order, Hartree). Real QH9-stable / QH9-dynamic files load unchanged because those five are read
+by position whatever their names. Our own files add optional columns (``overlap``, ``energy``,
+``source``, ``n_cycles``, ``wall_time``), a ``meta`` table with the labelling recipe and a
+``failures`` table for molecules whose SCF did not converge.
+
+Each molecule is written in its own transaction, so a killed writer leaves every finished
+molecule intact and nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deqh_core.errors import DataError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS data (
+    id INTEGER PRIMARY KEY, N INTEGER NOT NULL, Z BLOB NOT NULL, pos BLOB NOT NULL,
+    Ham BLOB NOT NULL, overlap BLOB, energy REAL, source TEXT, n_cycles INTEGER, wall_time REAL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS failures (
+    id INTEGER PRIMARY KEY, source TEXT, reason TEXT NOT NULL, n_cycles INTEGER
+);
+"""
+_EXTRAS = ("overlap", "energy", "source", "n_cycles", "wall_time")
+
+
+@dataclass
+class MoleculeRecord:
+    """One molecule. Positions in Å; matrices ``[n_ao, n_ao]`` in PySCF AO order, Hartree."""
+
+    id: int
+    atomic_numbers: np.ndarray  # [n_atoms] int64
+    positions: np.ndarray  # [n_atoms, 3] float64, Å
+    hamiltonian: np.ndarray | None = None
+    overlap: np.ndarray | None = None
+    energy: float | None = None  # total energy, Hartree
+    source: str | None = None  # where the geometry came from, e.g. "water#3"
+    n_cycles: int | None = None  # SCF cycles the label took
+    wall_time: float | None = None  # seconds the label took
+
+
+def _square(blob: bytes, what: str, where: str) -> np.ndarray:
+    flat = np.frombuffer(blob, dtype="<f8")
+    n = round(float(np.sqrt(flat.size)))
+    if n * n != flat.size:
+        raise DataError(f"{where}: {what} has {flat.size} entries, not a square matrix")
+    return flat.reshape(n, n).astype(np.float64)
+
+
+class HamiltonianDB:
+    """Reader/writer of one QH9-schema SQLite file.
+
+    ``mode="r"`` opens read-only (works on files in read-only locations, e.g. the bundled
+    data); ``mode="a"`` creates the file and tables if needed.
+    """
+
+    def __init__(self, path: str | Path, mode: str = "r"):
+        self.path = Path(path)
+        if mode not in ("r", "a"):
+            raise ValueError(f"mode must be 'r' or 'a', not {mode!r}")
+        self.mode = mode
+        if mode == "r" and not self.path.is_file():
+            raise DataError(f"{self.path}: no such database file")
+        try:
+            if mode == "r":
+                self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.path)
+                self._db.executescript(_SCHEMA)
+            tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+        except sqlite3.DatabaseError as err:
+            raise DataError(f"{self.path}: not a readable SQLite database ({err})") from None
+        if "data" not in tables:
+            raise DataError(f"{self.path}: no table 'data' (not a QH9-schema database)")
+        self._has_meta = "meta" in tables
+        self._has_failures = "failures" in tables
+        cols = [r[1] for r in self._db.execute("PRAGMA table_info(data)")]
+        if len(cols) < 5:
+            raise DataError(f"{self.path}: table 'data' has {len(cols)} columns, expected >= 5")
+        self._columns = cols
+        self._extras = [c for c in _EXTRAS if c in cols[5:]]
+
+    # -- reading -------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._query("SELECT COUNT(*) FROM data")[0][0]
+
+    def ids(self) -> list[int]:
+        """Ids of all molecules, ascending."""
+        return [int(r[0]) for r in self._query(f"SELECT {self._columns[0]} FROM data ORDER BY 1")]
+
+    def get(self, mol_id: int) -> MoleculeRecord:
+        cols = ", ".join(self._columns[:5] + self._extras)
+        rows = self._query(f"SELECT {cols} FROM data WHERE {self._columns[0]} = ?", (mol_id,))
+        if not rows:
+            raise DataError(f"{self.path}: no molecule with id {mol_id}")
+        return self._record(rows[0])
+
+    def __iter__(self) -> Iterator[MoleculeRecord]:
+        cols = ", ".join(self._columns[:5] + self._extras)
+        for row in self._query(f"SELECT {cols} FROM data ORDER BY 1"):
+            yield self._record(row)
+
+    def _record(self, row: tuple) -> MoleculeRecord:
+        mol_id, n, z, pos, ham = row[:5]
+        where = f"{self.path}: molecule id {mol_id}"
+        try:
+            z = np.frombuffer(z, dtype="<i4").astype(np.int64)
+            pos = np.frombuffer(pos, dtype="<f8").astype(np.float64)
+        except (TypeError, ValueError) as err:
+            raise DataError(f"{where}: unreadable Z/pos blob ({err})") from None
+        if z.size != n or pos.size != 3 * n:
+            raise DataError(
+                f"{where}: N={n} but {z.size} atomic numbers and {pos.size} coordinates"
+            )
+        extra = dict(zip(self._extras, row[5:]))
+        overlap = extra.get("overlap")
+        record = MoleculeRecord(
+            id=int(mol_id),
+            atomic_numbers=z,
+            positions=pos.reshape(n, 3),
+            hamiltonian=_square(ham, "Ham", where),
+            overlap=None if overlap is None else _square(overlap, "overlap", where),
+            energy=extra.get("energy"),
+            source=extra.get("source"),
+            n_cycles=extra.get("n_cycles"),
+            wall_time=extra.get("wall_time"),
+        )
+        for name in ("positions", "hamiltonian", "overlap"):
+            value = getattr(record, name)
+            if value is not None and not np.isfinite(value).all():
+                raise DataError(f"{where}: {name} contains NaN or inf")
+        return record
+
+    @property
+    def recipe(self) -> dict | None:
+        """The labelling recipe stored in ``meta`` (xc, basis, grid, tolerances, PySCF
+        version, ...), or None for files without one (e.g. raw QH9)."""
+        if not self._has_meta:
+            return None
+        rows = self._query("SELECT value FROM meta WHERE key = 'recipe'")
+        return json.loads(rows[0][0]) if rows else None
+
+    def failures(self) -> dict[int, str]:
+        """``{id: reason}`` of molecules whose label could not be computed."""
+        if not self._has_failures:
+            return {}
+        return {int(i): r for i, r in self._query("SELECT id, reason FROM failures")}
+
+    def done_ids(self) -> set[int]:
+        """Ids already finished: written or recorded as failed."""
+        return set(self.ids()) | set(self.failures())
+
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        try:
+            return self._db.execute(sql, args).fetchall()
+        except sqlite3.DatabaseError as err:
+            raise DataError(f"{self.path}: database error on read ({err})") from None
+
+    # -- writing -------------------------------------------------------------------------
+    def set_recipe(self, recipe: dict) -> None:
+        """Store the recipe; refuse if the file already holds labels of another recipe."""
+        self._writable()
+        current = self.recipe
+        if current is not None and current != recipe:
+            keys = set(current) | set(recipe)
+            changed = sorted(k for k in keys if current.get(k) != recipe.get(k))
+            raise DataError(
+                f"{self.path}: holds labels made with another recipe (differs in "
+                f"{', '.join(changed)}); write to a new file instead of mixing them"
+            )
+        with self._db:
+            value = json.dumps(recipe, sort_keys=True)
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('recipe', ?)", (value,))
+
+    def write(self, record: MoleculeRecord) -> None:
+        """Commit one molecule atomically (its own transaction)."""
+        self._writable()
+        z = np.asarray(record.atomic_numbers)
+        h = np.ascontiguousarray(record.hamiltonian, dtype="<f8")
+        if h.ndim != 2 or h.shape[0] != h.shape[1]:
+            raise DataError(f"{self.path}: molecule id {record.id}: Hamiltonian must be square")
+        for name in ("positions", "hamiltonian", "overlap"):
+            value = getattr(record, name)
+            if value is not None and not np.isfinite(value).all():
+                raise DataError(f"molecule id {record.id}: {name} contains NaN or inf; not written")
+        s = record.overlap
+        with self._db:
+            self._db.execute(
+                "INSERT INTO data (id, N, Z, pos, Ham, overlap, energy, source, n_cycles, "
+                "wall_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    int(record.id),
+                    len(z),
+                    np.ascontiguousarray(z, dtype="<i4").tobytes(),
+                    np.ascontiguousarray(record.positions, dtype="<f8").tobytes(),
+                    h.tobytes(),
+                    None if s is None else np.ascontiguousarray(s, dtype="<f8").tobytes(),
+                    record.energy,
+                    record.source,
+                    record.n_cycles,
+                    record.wall_time,
+                ),
+            )
+
+    def record_failure(self, mol_id: int, source: str | None, reason: str, n_cycles=None) -> None:
+        self._writable()
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO failures VALUES (?, ?, ?, ?)",
+                (int(mol_id), source, reason, n_cycles),
+            )
+
+    def _writable(self) -> None:
+        if self.mode != "a":
+            raise DataError(f"{self.path}: opened read-only")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> HamiltonianDB:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
