@@ -158,3 +158,24 @@ class AOLayout:
                 seen[l] += 1
                 ao_offset += 2 * l + 1
         return ao, sign
+
+
+def mole(
+    atomic_numbers: Iterable[int],
+    positions: np.ndarray,
+    basis: str,
+    charge: int = 0,
+    spin: int | None = None,
+) -> gto.Mole:
+    """A PySCF ``Mole`` from atomic numbers and positions ``[n_atoms, 3]`` in Å.
+
+    ``spin=None`` picks the lowest spin the electron count allows, which is all the one-electron
+    integrals (overlap, core Hamiltonian) need.
+    """
+    z = [int(x) for x in atomic_numbers]
+    for el in set(z):
+        element_shells(basis, el)  # clear error for an element the basis lacks
+    if spin is None:
+        spin = (sum(z) - charge) % 2
+    atoms = [[el, tuple(map(float, r))] for el, r in zip(z, np.asarray(positions))]
+    return gto.M(atom=atoms, basis=basis, unit="Angstrom", charge=charge, spin=spin, verbose=0)

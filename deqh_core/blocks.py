@@ -19,7 +19,7 @@ concatenated (``[sum_b n_ao_b**2]``), see :func:`flatten` / :func:`unflatten`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -56,17 +56,35 @@ def all_pairs(n_atoms: int, device: torch.device | str | None = None) -> torch.T
 
 @dataclass
 class BlockGather:
-    """Flat gather indices of one batch (see module doc). Masked entries point at entry 0."""
+    """Flat gather indices of one batch (see module doc).
+
+    Masked entries point at ``size``, one past the end, where :func:`split` reads a zero and
+    :func:`assemble` writes into a discarded slot: no boolean indexing per call.
+    """
 
     diag: torch.Tensor  # [n_atoms, A, A] long
     off: torch.Tensor  # [n_pairs, A, A] long
     diag_mask: torch.Tensor  # [n_atoms, A, A] bool
     off_mask: torch.Tensor  # [n_pairs, A, A] bool
-    diag_sign: torch.Tensor  # [n_atoms, A, A] int8
+    diag_sign: torch.Tensor  # [n_atoms, A, A] int8, 0 where masked
     off_sign: torch.Tensor  # [n_pairs, A, A] int8
     n_ao: torch.Tensor  # [n_molecules] long
     offset: torch.Tensor  # [n_molecules] long: start of each molecule in the flat vector
     size: int  # length of the flat vector
+    _signs: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def signed(self) -> bool:
+        """False when no slot flips sign (e.g. PySCF -> model order): signs are skipped."""
+        if "signed" not in self._signs:
+            self._signs["signed"] = bool((self.diag_sign < 0).any() or (self.off_sign < 0).any())
+        return self._signs["signed"]
+
+    def signs(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sign tensors in ``dtype`` (converted once per dtype)."""
+        if dtype not in self._signs:
+            self._signs[dtype] = (self.diag_sign.to(dtype), self.off_sign.to(dtype))
+        return self._signs[dtype]
 
 
 def _molecule_of_atom(data) -> torch.Tensor:
@@ -86,6 +104,7 @@ def block_gather(data) -> BlockGather:
     n_ao = data.n_ao.reshape(-1).long()
     area = n_ao * n_ao
     offset = torch.cumsum(area, 0) - area
+    size = int(area.sum())
     mol = _molecule_of_atom(data)
     valid = slot_ao >= 0
     ao = slot_ao.clamp(min=0)
@@ -94,15 +113,13 @@ def block_gather(data) -> BlockGather:
     def pairs(i: torch.Tensor, j: torch.Tensor):
         index = row[i][:, :, None] + ao[j][:, None, :]
         mask = valid[i][:, :, None] & valid[j][:, None, :]
-        index = torch.where(mask, index, torch.zeros_like(index))
+        index = torch.where(mask, index, torch.full_like(index, size))
         return index, mask, sign[i][:, :, None] * sign[j][:, None, :]
 
     atoms = torch.arange(len(mol), device=mol.device)
     diag, diag_mask, diag_sign = pairs(atoms, atoms)
     off, off_mask, off_sign = pairs(data.pair_index[0], data.pair_index[1])
-    gather = BlockGather(
-        diag, off, diag_mask, off_mask, diag_sign, off_sign, n_ao, offset, int(area.sum())
-    )
+    gather = BlockGather(diag, off, diag_mask, off_mask, diag_sign, off_sign, n_ao, offset, size)
     data.__dict__["_block_gather"] = gather
     return gather
 
@@ -113,9 +130,13 @@ def split(flat: torch.Tensor, data) -> tuple[torch.Tensor, torch.Tensor]:
     g = block_gather(data)
     if flat.shape != (g.size,):
         raise ValueError(f"expected a flat vector of {g.size} entries, got {tuple(flat.shape)}")
-    diag = flat[g.diag] * g.diag_sign.to(flat.dtype)
-    off = flat[g.off] * g.off_sign.to(flat.dtype)
-    return diag, off
+    padded = torch.cat([flat, flat.new_zeros(1)])
+    diag = padded.index_select(0, g.diag.reshape(-1)).view(g.diag.shape)
+    off = padded.index_select(0, g.off.reshape(-1)).view(g.off.shape)
+    if not g.signed:
+        return diag, off
+    diag_sign, off_sign = g.signs(flat.dtype)
+    return diag * diag_sign, off * off_sign
 
 
 def assemble(diag: torch.Tensor, off: torch.Tensor, data) -> torch.Tensor:
@@ -124,10 +145,13 @@ def assemble(diag: torch.Tensor, off: torch.Tensor, data) -> torch.Tensor:
     Differentiable; entries outside the masks are ignored.
     """
     g = block_gather(data)
-    out = diag.new_zeros(g.size)
-    out = out.index_put((g.diag[g.diag_mask],), (diag * g.diag_sign.to(diag.dtype))[g.diag_mask])
-    out = out.index_put((g.off[g.off_mask],), (off * g.off_sign.to(off.dtype))[g.off_mask])
-    return out
+    if g.signed:
+        diag_sign, off_sign = g.signs(diag.dtype)
+        diag, off = diag * diag_sign, off * off_sign
+    out = diag.new_zeros(g.size + 1)
+    out = out.index_put((g.diag.reshape(-1),), diag.reshape(-1))
+    out = out.index_put((g.off.reshape(-1),), off.reshape(-1))
+    return out[:-1]
 
 
 def flatten(matrices: Sequence[torch.Tensor]) -> torch.Tensor:

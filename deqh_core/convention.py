@@ -144,8 +144,14 @@ def wigner_D(layout, atomic_numbers, rotation: torch.Tensor) -> torch.Tensor:
     If ``x' = R x`` then ``M(x')`` in model order equals ``D M(x) D^T``.
     """
     rot = model_rotation(rotation)
-    blocks = []
-    for z in atomic_numbers:  # a test utility, not a hot path
-        irreps = o3.Irreps([(1, (l, (-1) ** l)) for l in layout.shells[int(z)]])
-        blocks.append(irreps.D_from_matrix(rot))
+    default = torch.get_default_dtype()
+    # e3nn builds part of D in the default dtype: without this, float64 D is only float32-exact
+    torch.set_default_dtype(rot.dtype)
+    try:
+        blocks = []
+        for z in atomic_numbers:  # a test utility, not a hot path
+            irreps = o3.Irreps([(1, (l, (-1) ** l)) for l in layout.shells[int(z)]])
+            blocks.append(irreps.D_from_matrix(rot))
+    finally:
+        torch.set_default_dtype(default)
     return torch.block_diag(*blocks)

@@ -101,6 +101,13 @@ class HamiltonianDB:
         """Ids of all molecules, ascending."""
         return [int(r[0]) for r in self._query(f"SELECT {self._columns[0]} FROM data ORDER BY 1")]
 
+    def elements(self) -> list[int]:
+        """Atomic numbers present in the file (reads only the Z column)."""
+        found: set[int] = set()
+        for (blob,) in self._query(f"SELECT {self._columns[2]} FROM data"):
+            found.update(np.frombuffer(blob, dtype="<i4").tolist())
+        return sorted(found)
+
     def get(self, mol_id: int) -> MoleculeRecord:
         cols = ", ".join(self._columns[:5] + self._extras)
         rows = self._query(f"SELECT {cols} FROM data WHERE {self._columns[0]} = ?", (mol_id,))
