@@ -131,7 +131,8 @@ def main() -> None:
     base_split, base_assemble = rows[3][1], rows[4][1]
     print(
         f"  speed-up over baseline: split {base_split / rows[0][1]:.0f}x cached, "
-        f"{base_split / rows[1][1]:.0f}x with index build; assemble {base_assemble / rows[2][1]:.0f}x"
+        f"{base_split / rows[1][1]:.0f}x with index build; "
+        f"assemble {base_assemble / rows[2][1]:.0f}x"
     )
 
 
