@@ -3,7 +3,11 @@
 Table ``data`` holds, *by position*, ``id, N, Z, pos, Ham``: id, atom count, atomic numbers
 (int32 blob), positions (float64 blob, Å) and the converged Fock matrix (float64 blob, PySCF AO
 order, Hartree). Real QH9-stable / QH9-dynamic files load unchanged because those five are read
-by position whatever their names. Our own files add optional columns (``overlap``, ``energy``,
+by position whatever their names. Raw QH9-dynamic files (recognised by a ``geo_id`` column)
+hold ``id, geo_id, N, Z, pos, ...`` with the molecule's id in ``id``, positions in Bohr and the
+matrix in column ``Ham`` (or the sixth column in older releases): each geometry then gets the
+row's ``rowid`` as its id and ``"mol<id>"`` as its source, positions are converted to Å. Our own
+files add optional columns (``overlap``, ``energy``,
 ``source``, ``n_cycles``, ``wall_time``), a ``meta`` table with the labelling recipe and a
 ``failures`` table for molecules whose SCF did not converge.
 
@@ -33,6 +37,7 @@ CREATE TABLE IF NOT EXISTS failures (
     id INTEGER PRIMARY KEY, source TEXT, reason TEXT NOT NULL, n_cycles INTEGER
 );
 """
+BOHR_IN_ANGSTROM = 0.52917721092  # the value PySCF uses (pyscf.lib.param.BOHR)
 _EXTRAS = ("overlap", "energy", "source", "n_cycles", "wall_time")
 
 
@@ -92,6 +97,14 @@ class HamiltonianDB:
             raise DataError(f"{self.path}: table 'data' has {len(cols)} columns, expected >= 5")
         self._columns = cols
         self._extras = [c for c in _EXTRAS if c in cols[5:]]
+        self._bohr = "geo_id" in cols[1:2]
+        if self._bohr:  # raw QH9-dynamic
+            ham = "Ham" if "Ham" in cols else cols[5]
+            self._key = "rowid"
+            self._select = ["rowid", cols[2], cols[3], cols[4], ham, f"'mol' || {cols[0]}"]
+        else:
+            self._key = cols[0]
+            self._select = cols[:5] + self._extras
 
     # -- reading -------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -99,24 +112,24 @@ class HamiltonianDB:
 
     def ids(self) -> list[int]:
         """Ids of all molecules, ascending."""
-        return [int(r[0]) for r in self._query(f"SELECT {self._columns[0]} FROM data ORDER BY 1")]
+        return [int(r[0]) for r in self._query(f"SELECT {self._key} FROM data ORDER BY 1")]
 
     def elements(self) -> list[int]:
         """Atomic numbers present in the file (reads only the Z column)."""
         found: set[int] = set()
-        for (blob,) in self._query(f"SELECT {self._columns[2]} FROM data"):
+        for (blob,) in self._query(f"SELECT {self._select[2]} FROM data"):
             found.update(np.frombuffer(blob, dtype="<i4").tolist())
         return sorted(found)
 
     def get(self, mol_id: int) -> MoleculeRecord:
-        cols = ", ".join(self._columns[:5] + self._extras)
-        rows = self._query(f"SELECT {cols} FROM data WHERE {self._columns[0]} = ?", (mol_id,))
+        cols = ", ".join(self._select)
+        rows = self._query(f"SELECT {cols} FROM data WHERE {self._key} = ?", (mol_id,))
         if not rows:
             raise DataError(f"{self.path}: no molecule with id {mol_id}")
         return self._record(rows[0])
 
     def __iter__(self) -> Iterator[MoleculeRecord]:
-        cols = ", ".join(self._columns[:5] + self._extras)
+        cols = ", ".join(self._select)
         for row in self._query(f"SELECT {cols} FROM data ORDER BY 1"):
             yield self._record(row)
 
@@ -132,7 +145,11 @@ class HamiltonianDB:
             raise DataError(
                 f"{where}: N={n} but {z.size} atomic numbers and {pos.size} coordinates"
             )
-        extra = dict(zip(self._extras, row[5:]))
+        if self._bohr:
+            pos = pos * BOHR_IN_ANGSTROM
+            extra = {"source": row[5]}
+        else:
+            extra = dict(zip(self._extras, row[5:]))
         overlap = extra.get("overlap")
         record = MoleculeRecord(
             id=int(mol_id),
