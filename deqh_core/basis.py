@@ -12,7 +12,6 @@ from collections.abc import Iterable
 from functools import cache, cached_property
 
 import numpy as np
-from e3nn import o3
 from pyscf import gto
 from pyscf.data.elements import ELEMENTS, charge
 
@@ -87,10 +86,14 @@ class AOLayout:
         self.shell_counts = tuple(
             max(s.count(l) for s in self.shells.values()) for l in range(l_max + 1)
         )
-        self.irreps = o3.Irreps(
-            [(n, (l, (-1) ** l)) for l, n in enumerate(self.shell_counts) if n > 0]
-        )
-        self.width = self.irreps.dim
+        self.width = sum(n * (2 * l + 1) for l, n in enumerate(self.shell_counts))
+
+    @cached_property
+    def irreps(self):
+        """e3nn ``Irreps`` of the padded block; e3nn is imported only when asked for."""
+        from e3nn import o3
+
+        return o3.Irreps([(n, (l, (-1) ** l)) for l, n in enumerate(self.shell_counts) if n > 0])
 
     def __repr__(self) -> str:
         els = ",".join(symbol(z) for z in self.elements)

@@ -1,0 +1,165 @@
+"""The ``deqh`` command line.
+
+Commands live in sub-apps (``deqh data ...``); add a new one with ``@data_app.command()`` or a new
+``typer.Typer()`` registered with ``app.add_typer``. Import heavy modules (pyscf, torch) inside the
+command functions so that ``deqh --help`` stays fast. Any ``DeqhError`` a command raises is shown
+as one red ``error: ...`` line on stderr with exit code 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from typer.core import TyperGroup
+
+from deqh_core.data.generate import Recipe
+from deqh_core.errors import DataError, DeqhError
+
+_stderr = Console(stderr=True, soft_wrap=True, highlight=False)
+
+
+class _Group(TyperGroup):
+    """Root command group: turns a ``DeqhError`` from any command into a one-line message."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except DeqhError as err:
+            _stderr.print(f"error: {err}", style="red", markup=False)
+            raise typer.Exit(1) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="deqh",
+    help="Deep-equilibrium Hamiltonian solvers: data, training and evaluation.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Make and inspect Hamiltonian data sets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+_DEFAULT = {name: field.default for name, field in Recipe.model_fields.items()}
+
+
+def _shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        i, n = (int(part) for part in value.split("/"))
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not of the form i/N, e.g. 0/4") from None
+    if not 0 <= i < n:
+        raise typer.BadParameter(f"{value!r}: need 0 <= i < N, e.g. 0/4 ... 3/4")
+    return i, n
+
+
+def _recipe(**fields) -> Recipe:
+    try:
+        return Recipe(**fields)
+    except ValidationError as err:
+        msgs = [
+            f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in err.errors()
+        ]
+        raise DataError("; ".join(msgs)) from None
+
+
+@data_app.command("generate")
+def data_generate(
+    out: Annotated[
+        Path,
+        typer.Argument(
+            metavar="OUT.db",
+            help="SQLite file to write; an existing one is resumed.",
+            dir_okay=False,
+        ),
+    ],
+    xyz: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--xyz",
+            metavar="FILE",
+            help="xyz file; every frame is a molecule (repeatable).",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    molecule: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--molecule", metavar="NAME", help="ASE molecule name, e.g. H2O (repeatable)."
+        ),
+    ] = None,
+    copies: Annotated[
+        int, typer.Option(min=0, help="Perturbed copies per geometry; 0 uses each as is.")
+    ] = 0,
+    sigma: Annotated[
+        float, typer.Option(min=0.0, help="Std. dev. of the Gaussian noise per coordinate, Å.")
+    ] = 0.0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the perturbations.")] = 0,
+    xc: Annotated[str, typer.Option(help="PySCF functional (b3lyp5 = QH9's B3LYP).")] = _DEFAULT[
+        "xc"
+    ],
+    basis: Annotated[str, typer.Option(help="PySCF basis set name.")] = _DEFAULT["basis"],
+    grid_level: Annotated[int, typer.Option(help="PySCF DFT grid level, 0-9.")] = _DEFAULT[
+        "grid_level"
+    ],
+    conv_tol: Annotated[float, typer.Option(help="SCF energy tolerance, Hartree.")] = _DEFAULT[
+        "conv_tol"
+    ],
+    conv_tol_grad: Annotated[
+        float, typer.Option(help="SCF orbital-gradient tolerance, Hartree.")
+    ] = _DEFAULT["conv_tol_grad"],
+    max_cycle: Annotated[
+        int, typer.Option(help="SCF cycles before a molecule counts as failed.")
+    ] = _DEFAULT["max_cycle"],
+    charge: Annotated[int, typer.Option(help="Molecular charge, e.")] = _DEFAULT["charge"],
+    spin: Annotated[
+        int, typer.Option(help="2S = N_alpha - N_beta; only 0 (closed shell) for now.")
+    ] = _DEFAULT["spin"],
+    workers: Annotated[int, typer.Option(min=1, help="Processes, one molecule each.")] = 1,
+    shard: Annotated[
+        str | None,
+        typer.Option(metavar="i/N", help="Label only the tasks with id % N == i.", callback=_shard),
+    ] = None,
+    store_overlap: Annotated[
+        bool, typer.Option("--store-overlap", help="Also store the overlap matrix (bigger files).")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+) -> None:
+    """Label molecules with PySCF into a QH9-schema SQLite file (resumable, shardable)."""
+    from deqh_core.data.generate import build_tasks, generate, molecule_geometry, xyz_geometries
+
+    recipe = _recipe(
+        xc=xc,
+        basis=basis,
+        grid_level=grid_level,
+        conv_tol=conv_tol,
+        conv_tol_grad=conv_tol_grad,
+        max_cycle=max_cycle,
+        charge=charge,
+        spin=spin,
+    )
+    geometries = [g for path in xyz or [] for g in xyz_geometries(path)]
+    geometries += [molecule_geometry(name) for name in molecule or []]
+    if not geometries:
+        raise DataError("nothing to label: give at least one --xyz FILE or --molecule NAME")
+    tasks = build_tasks(geometries, n_copies=copies, sigma=sigma, seed=seed)
+    summary = generate(
+        tasks,
+        out,
+        recipe,
+        workers=workers,
+        shard=shard,
+        progress=progress,
+        store_overlap=store_overlap,
+    )
+    Console(highlight=False).print(
+        f"{out}: wrote {summary.written}, failed {summary.failed}, "
+        f"skipped {summary.skipped} already done (of {len(tasks)} tasks"
+        f"{'' if shard is None else f', shard {shard[0]}/{shard[1]}'})"
+    )

@@ -1,0 +1,422 @@
+"""Label generator: geometries in, converged PySCF Fock matrices out, in a QH9-schema file.
+
+Inputs (xyz frames, ASE molecule names) become a deterministic task list, optionally with
+thermal perturbations. Every task has a global id (its index in the full list), so shards of one
+list can be generated on different machines and merged, and a killed run resumes without
+recomputing anything already in the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import multiprocessing
+import os
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from deqh_core.data.store import HamiltonianDB, MoleculeRecord
+from deqh_core.data.xyz import read_xyz
+from deqh_core.errors import DataError
+
+# pyscf and deqh_core.basis (which pulls in e3nn/torch) are imported inside the functions that
+# need them, so that importing this module (e.g. for the CLI's --help) stays fast.
+
+_INIT_GUESSES = ("minao", "atom", "huckel", "mod_huckel", "hcore", "1e", "sap", "vsap")
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+class Recipe(BaseModel):
+    """The DFT recipe of the labels; stored in every file so that labels are never mixed.
+
+    The default is the QH9 recipe: B3LYP/def2-SVP on grid level 3, with the SCF tolerances of
+    QH9's own generation scripts (the paper quotes 1e-13, which is below PySCF's numerical
+    noise). ``xc`` is ``"b3lyp5"`` because PySCF >= 2.3 changed ``"b3lyp"`` to use VWN-RPA
+    (VWN3), while QH9-stable was labelled with PySCF 2.2.1, whose ``"b3lyp"`` is today's
+    ``"b3lyp5"`` (VWN5). Basis sets that define ECPs (def2 beyond Kr) get them automatically.
+    Only closed-shell RKS labels are supported so far (``spin`` must be 0).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    xc: str = "b3lyp5"
+    basis: str = "def2-svp"
+    grid_level: int = Field(3, ge=0, le=9)
+    conv_tol: float = Field(1e-9, gt=0)  # Hartree
+    conv_tol_grad: float = Field(3.16e-5, gt=0)
+    max_cycle: int = Field(100, ge=1)
+    charge: int = 0
+    spin: int = Field(0, ge=0)  # 2S = N_alpha - N_beta
+    init_guess: str = "minao"
+
+    @field_validator("xc")
+    @classmethod
+    def _known_xc(cls, xc: str) -> str:
+        from pyscf.dft import libxc
+
+        try:
+            libxc.parse_xc(xc)
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"PySCF does not know the functional {xc!r} ({err})") from None
+        return xc
+
+    @field_validator("init_guess")
+    @classmethod
+    def _known_guess(cls, guess: str) -> str:
+        # PySCF silently falls back to minao for unknown names; refuse them instead.
+        if guess.lower() not in _INIT_GUESSES:
+            raise ValueError(f"init_guess must be one of {', '.join(_INIT_GUESSES)}")
+        return guess.lower()
+
+    def as_meta(self) -> dict:
+        """The recipe as stored in a file's ``meta`` table: all fields plus the PySCF version,
+        units, AO order and what the matrix is."""
+        import pyscf
+
+        return {
+            **self.model_dump(),
+            "pyscf_version": pyscf.__version__,
+            "units": {"positions": "angstrom", "matrices": "hartree"},
+            "ao_order": "pyscf",
+            "matrix": "converged Fock matrix",
+        }
+
+
+@dataclass
+class Geometry:
+    """One input geometry: ``atomic_numbers`` ``[n]``, ``positions`` ``[n, 3]`` Å; ``name``
+    says where it came from, e.g. ``"water.xyz#12"`` or ``"H2O#0"``."""
+
+    name: str
+    atomic_numbers: np.ndarray
+    positions: np.ndarray
+
+
+@dataclass
+class Task:
+    """One molecule to label. ``id`` is its index in the full (unsharded) task list."""
+
+    id: int
+    source: str  # e.g. "water.xyz#12/copy3"
+    atomic_numbers: np.ndarray  # [n] int64
+    positions: np.ndarray  # [n, 3] float64, Å
+
+
+@dataclass
+class Failure:
+    """A molecule whose SCF did not converge; recorded in ``failures``, never as a label."""
+
+    id: int
+    source: str
+    reason: str
+    n_cycles: int | None
+
+
+@dataclass
+class Summary:
+    """What one ``generate`` call did with the tasks of its shard."""
+
+    written: int
+    failed: int
+    skipped: int  # already in the file (written or failed) before this call
+
+
+def xyz_geometries(path: str | Path) -> list[Geometry]:
+    """Every frame of an xyz file, named ``"<file name>#<frame index>"``."""
+    name = Path(path).name
+    return [
+        Geometry(f"{name}#{k}", f.atomic_numbers, f.positions) for k, f in enumerate(read_xyz(path))
+    ]
+
+
+def molecule_geometry(name: str) -> Geometry:
+    """The ASE molecule ``name`` (``ase.build.molecule``: the G2 set and a few extras)."""
+    from ase.build import molecule
+    from ase.collections import g2
+
+    try:
+        atoms = molecule(name)
+    except KeyError:
+        close = difflib.get_close_matches(name, g2.names, n=5, cutoff=0.5)
+        hint = f" Close matches: {', '.join(close)}." if close else ""
+        raise DataError(
+            f"unknown ASE molecule name {name!r} (names are case-sensitive, e.g. H2O, CH4, "
+            f"C6H6).{hint} List them all with: python -c 'import ase.collections; "
+            "print(ase.collections.g2.names)'"
+        ) from None
+    return Geometry(
+        f"{name}#0",
+        atoms.get_atomic_numbers().astype(np.int64),
+        atoms.get_positions().astype(np.float64),
+    )
+
+
+def build_tasks(
+    geometries: Sequence[Geometry], n_copies: int = 0, sigma: float = 0.0, seed: int = 0
+) -> list[Task]:
+    """The full task list: ``n_copies`` perturbed copies of every geometry, in input order.
+
+    Each copy adds Gaussian noise of standard deviation ``sigma`` (Å) to every coordinate,
+    drawn from ``default_rng([seed, id])``, so a task's geometry depends only on the seed and
+    its id. With ``n_copies=0`` or ``sigma=0`` every geometry is one task, used as is.
+    """
+    if n_copies < 0 or sigma < 0 or seed < 0:
+        raise DataError(f"need n_copies, sigma, seed >= 0, got {n_copies}, {sigma}, {seed}")
+    perturb = n_copies > 0 and sigma > 0
+    tasks: list[Task] = []
+    for geom in geometries:
+        for copy in range(n_copies if perturb else 1):
+            k = len(tasks)
+            pos = np.asarray(geom.positions, dtype=np.float64)
+            if perturb:
+                pos = pos + np.random.default_rng([seed, k]).normal(0.0, sigma, size=pos.shape)
+            z = np.asarray(geom.atomic_numbers, dtype=np.int64)
+            tasks.append(Task(k, f"{geom.name}/copy{copy}", z, pos))
+    return tasks
+
+
+def shard_tasks(tasks: Sequence[Task], shard: tuple[int, int] | None) -> list[Task]:
+    """The tasks of shard ``(i, n)``: those with ``id % n == i``; all tasks for None."""
+    if shard is None:
+        return list(tasks)
+    i, n = shard
+    if not 0 <= i < n:
+        raise DataError(f"shard {i}/{n}: need 0 <= i < N")
+    return [t for t in tasks if t.id % n == i]
+
+
+def check_tasks(tasks: Sequence[Task], recipe: Recipe) -> None:
+    """Fail fast, before any SCF: every element must be in the basis and every molecule closed
+    shell under the recipe's charge."""
+    from deqh_core.basis import element_shells
+
+    if recipe.spin != 0:
+        raise DataError(
+            f"spin={recipe.spin}: only closed-shell (spin=0) RKS labels are supported so far"
+        )
+    for z in sorted({int(z) for t in tasks for z in t.atomic_numbers}):
+        element_shells(recipe.basis, z)
+    for t in tasks:
+        # ECP cores hold an even number of electrons, so this parity is the basis-independent one
+        if (int(t.atomic_numbers.sum()) - recipe.charge) % 2:
+            raise DataError(
+                f"{t.source}: odd number of electrons at charge {recipe.charge}; only "
+                "closed-shell molecules can be labelled (change --charge or drop the molecule)"
+            )
+
+
+def label(
+    task: Task, recipe: Recipe | None = None, store_overlap: bool = False
+) -> MoleculeRecord | Failure:
+    """Run the recipe's RKS on one task.
+
+    Returns the record with the Fock matrix at the converged density (``[n_ao, n_ao]``, PySCF AO
+    order, Hartree), total energy (Hartree), cycle count and wall time (s); the overlap only if
+    ``store_overlap``. An SCF that does not converge (or breaks down numerically) gives a
+    ``Failure``. Raises ``BasisError``/``DataError`` for inputs the recipe cannot handle.
+    """
+    from pyscf import dft
+
+    recipe = recipe or Recipe()
+    check_tasks([task], recipe)
+    start = time.perf_counter()
+    mf = dft.RKS(_molecule(task, recipe))
+    mf.xc = recipe.xc
+    mf.grids.level = recipe.grid_level
+    mf.conv_tol = recipe.conv_tol
+    mf.conv_tol_grad = recipe.conv_tol_grad
+    mf.max_cycle = recipe.max_cycle
+    mf.init_guess = recipe.init_guess
+    mf.verbose = 0
+    cycles = 0
+
+    def count(_env: dict) -> None:
+        nonlocal cycles
+        cycles += 1
+
+    mf.callback = count
+    try:
+        mf.kernel()
+    except MemoryError:
+        raise
+    except Exception as err:  # e.g. a singular overlap from atoms pushed together
+        return Failure(task.id, task.source, f"SCF raised {type(err).__name__}: {err}", cycles)
+    if not mf.converged:
+        reason = f"SCF not converged in {cycles} cycles (max_cycle={recipe.max_cycle})"
+        return Failure(task.id, task.source, reason, cycles)
+    fock = mf.get_fock()  # rebuilt from the converged density, without DIIS or damping
+    return MoleculeRecord(
+        id=task.id,
+        atomic_numbers=task.atomic_numbers,
+        positions=task.positions,
+        hamiltonian=np.asarray(fock, dtype=np.float64),
+        overlap=np.asarray(mf.get_ovlp(), dtype=np.float64) if store_overlap else None,
+        energy=float(mf.e_tot),
+        source=task.source,
+        n_cycles=cycles,
+        wall_time=time.perf_counter() - start,
+    )
+
+
+def _molecule(task: Task, recipe: Recipe):
+    from pyscf import gto
+    from pyscf.gto.basis import load_ecp
+
+    from deqh_core.basis import symbol
+
+    symbols = [symbol(int(z)) for z in task.atomic_numbers]
+    ecp = {}
+    for sym in set(symbols):
+        try:
+            if load_ecp(recipe.basis, sym):
+                ecp[sym] = recipe.basis
+        except Exception:  # no ECP library under this name: an all-electron basis
+            pass
+    try:
+        return gto.M(
+            atom=[(s, tuple(map(float, p))) for s, p in zip(symbols, task.positions)],
+            basis=recipe.basis,
+            ecp=ecp,
+            charge=recipe.charge,
+            spin=recipe.spin,
+            unit="Angstrom",
+            verbose=0,
+        )
+    except RuntimeError as err:
+        raise DataError(f"{task.source}: PySCF cannot build the molecule ({err})") from None
+
+
+def generate(
+    tasks: Sequence[Task],
+    out_path: str | Path,
+    recipe: Recipe | None = None,
+    *,
+    workers: int = 1,
+    shard: tuple[int, int] | None = None,
+    progress: bool = True,
+    store_overlap: bool = False,
+) -> Summary:
+    """Label the tasks of ``shard`` into ``out_path``, resuming whatever is already there.
+
+    Tasks already in the file (written or failed) are skipped. ``workers`` processes label
+    molecules in parallel (one thread each); this process alone writes, each molecule in its
+    own transaction as soon as it is done, so a kill loses only the molecules in flight.
+    Refuses (``DataError``) a file labelled with another recipe or PySCF version.
+    """
+    recipe = recipe or Recipe()
+    if workers < 1:
+        raise DataError(f"workers must be >= 1, got {workers}")
+    mine = shard_tasks(tasks, shard)
+    check_tasks(mine, recipe)
+    written = failed = 0
+    with HamiltonianDB(out_path, "a") as db:
+        db.set_recipe(recipe.as_meta())
+        done = db.done_ids()
+        _check_same_tasks(db, [t for t in mine if t.id in done])
+        todo = [t for t in mine if t.id not in done]
+        with _progress(progress) as bar:
+            job = bar.add_task(f"labelling {Path(out_path).name}", total=len(todo), failed=0)
+            for result in _results(todo, recipe, workers, store_overlap):
+                if isinstance(result, Failure):
+                    db.record_failure(result.id, result.source, result.reason, result.n_cycles)
+                    failed += 1
+                else:
+                    db.write(result)
+                    written += 1
+                bar.update(job, advance=1, failed=failed)
+    return Summary(written=written, failed=failed, skipped=len(mine) - len(todo))
+
+
+def _check_same_tasks(db: HamiltonianDB, done: list[Task]) -> None:
+    """Spot-check that the file's finished molecules are the tasks with the same ids, i.e. that
+    the run is resumed with the same inputs (ids are positions in the task list)."""
+    labelled = set(db.ids())
+    done = [t for t in done if t.id in labelled]
+    for t in done[:: max(1, len(done) // 8)][:8]:
+        stored = db.get(t.id)
+        same = stored.source in (None, t.source) and np.allclose(stored.positions, t.positions)
+        if not same:
+            raise DataError(
+                f"{db.path}: id {t.id} holds {stored.source!r}, but this task list has "
+                f"{t.source!r} there; resume with the same inputs, copies and seed, or write "
+                "to a new file"
+            )
+
+
+def _results(
+    todo: Sequence[Task], recipe: Recipe, workers: int, store_overlap: bool
+) -> Iterator[MoleculeRecord | Failure]:
+    """Labels of ``todo`` in completion order."""
+    if workers == 1:
+        for task in todo:
+            yield label(task, recipe, store_overlap)
+        return
+    # spawn, not fork: a forked child of a process that already ran OpenMP code can hang
+    ctx = multiprocessing.get_context("spawn")
+    with _single_threaded_children():
+        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker)
+        try:
+            pending: set = set()
+            queue = iter(todo)
+            while True:
+                # a bounded number in flight, so finished matrices never pile up in memory
+                while len(pending) < 2 * workers and (task := next(queue, None)) is not None:
+                    pending.add(pool.submit(label, task, recipe, store_overlap))
+                if not pending:
+                    return
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    yield future.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def _single_threaded_children() -> Iterator[None]:
+    """Set the thread-count variables to 1 while worker processes are spawned (they inherit
+    them before numpy/pyscf load their BLAS and OpenMP runtimes)."""
+    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+    os.environ.update(dict.fromkeys(_THREAD_VARS, "1"))
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _init_worker() -> None:
+    from pyscf import lib
+
+    lib.num_threads(1)
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("failed {task.fields[failed]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+    )
