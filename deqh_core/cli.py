@@ -16,8 +16,8 @@ from pydantic import ValidationError
 from rich.console import Console
 from typer.core import TyperGroup
 
-from deqh_core.data.generate import Recipe
 from deqh_core.errors import DataError, DeqhError
+from deqh_core.recipe import Recipe
 
 _stderr = Console(stderr=True, soft_wrap=True, highlight=False)
 
@@ -42,6 +42,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Make and inspect Hamiltonian data sets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+backbones_app = typer.Typer(help="List and check the registered backbones.")
+app.add_typer(backbones_app, name="backbones")
 
 _DEFAULT = {name: field.default for name, field in Recipe.model_fields.items()}
 
@@ -163,3 +165,92 @@ def data_generate(
         f"skipped {summary.skipped} already done (of {len(tasks)} tasks"
         f"{'' if shard is None else f', shard {shard[0]}/{shard[1]}'})"
     )
+
+
+@data_app.command("check")
+def data_check(
+    path: Annotated[
+        Path | None,
+        typer.Argument(help="QH9-schema or MD17 file; default: the bundled water/ethanol set."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Molecules per batch.")] = 16,
+    scf_sample: Annotated[
+        int, typer.Option(min=0, help="Molecules whose labels are re-checked with PySCF.")
+    ] = 3,
+    seed: Annotated[int, typer.Option(help="Seed of the split and the SCF sample.")] = 0,
+) -> None:
+    """Run the data pipeline end to end on a dataset and report what it finds."""
+    import numpy as np
+    from rich.table import Table
+
+    from deqh_core.data.check import check_dataset
+    from deqh_core.data.dataset import BUNDLED
+
+    report = check_dataset(path or BUNDLED, batch_size, scf_sample, seed)
+    recipe = report.recipe
+    table = Table(title=f"deqh data check: {report.path}", show_header=False)
+    table.add_row("molecules", f"{report.n_molecules}  (atoms: {report.atom_counts})")
+    if recipe.get("xc"):
+        table.add_row(
+            "recipe",
+            f"{recipe['xc']} / {recipe['basis']} / grid {recipe['grid_level']}, "
+            f"conv_tol {recipe['conv_tol']:g}, PySCF {recipe.get('pyscf_version', '?')}",
+        )
+    table.add_row("AO block irreps", report.irreps)
+    table.add_row("random split 80/10/10", "/".join(map(str, report.split_sizes)))
+    table.add_row("blocks -> matrices", "exact" if report.roundtrip_exact else "MISMATCH")
+    homo, gap = np.array(report.homo), np.array(report.gap)
+    table.add_row("HOMO, Hartree", f"{homo.mean():.4f} ± {homo.std():.4f}")
+    table.add_row("HOMO-LUMO gap, Hartree", f"{gap.mean():.4f} ± {gap.std():.4f}")
+    for mol_id, residual in report.self_consistency.items():
+        table.add_row(f"label {mol_id}: max|F[D(H)]-H|", f"{residual:.2e} Hartree")
+    Console().print(table)
+    if not report.roundtrip_exact:
+        raise typer.Exit(1)
+
+
+@backbones_app.callback(invoke_without_command=True)
+def backbones_list(ctx: typer.Context) -> None:
+    """List every registered backbone with its capabilities and the package providing it."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from rich.table import Table
+
+    from deqh_core.plugins import backbones
+
+    table = Table(title="deqh backbones")
+    for column in ("name", "reads H (--deq)", "reads S", "plugin", "package", "description"):
+        table.add_column(column)
+    for name, reg in backbones().items():
+        caps = reg.spec.capabilities
+        table.add_row(
+            name,
+            "yes" if caps.reads_h else "no",
+            "yes" if caps.reads_s else "no",
+            reg.plugin,
+            reg.package,
+            reg.spec.description,
+        )
+    Console(width=200).print(table)
+
+
+@backbones_app.command("check")
+def backbones_check(
+    name: Annotated[str, typer.Argument(help="Registered backbone name.")],
+    basis: Annotated[str, typer.Option(help="Basis set of the test molecules.")] = "def2-svp",
+    seed: Annotated[int, typer.Option(help="Seed of weights, rotation and permutation.")] = 0,
+) -> None:
+    """Run the conformance kit (equivariance, invariances, symmetry, batching, DEQ) on NAME."""
+    from rich.table import Table
+
+    from deqh_core.testing import check_backbone
+
+    results = check_backbone(name, basis=basis, seed=seed, raise_on_failure=False)
+    table = Table(title=f"deqh backbones check {name}")
+    for column in ("mode", "check", "result", "detail"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(r.mode, r.check, "[green]pass" if r.passed else "[red]FAIL", r.detail)
+    Console(width=200).print(table)
+    if not all(r.passed for r in results):
+        raise typer.Exit(1)

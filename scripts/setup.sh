@@ -17,7 +17,4 @@ if ! python -c "import torch" 2>/dev/null; then
     fi
 fi
 python -m pip install -q -e ".[test]"
-for plugin in plugins/*/pyproject.toml; do
-    [ -e "$plugin" ] && python -m pip install -q -e "$(dirname "$plugin")"
-done
 echo "deqh is set up in .venv ($(python -c 'import torch; print("torch", torch.__version__)'))"

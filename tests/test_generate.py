@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 from deqh_core.cli import app
 from deqh_core.data.generate import (
     Failure,
-    Recipe,
     build_tasks,
     generate,
     label,
@@ -23,6 +22,7 @@ from deqh_core.data.generate import (
 )
 from deqh_core.data.store import HamiltonianDB
 from deqh_core.errors import BasisError, DataError
+from deqh_core.recipe import Recipe
 
 # Cheap but tight: the eigenvalue comparison below is only as good as the SCF convergence.
 CHEAP = Recipe(xc="lda,vwn", basis="sto-3g", grid_level=1, conv_tol=1e-12, conv_tol_grad=1e-7)

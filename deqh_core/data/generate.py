@@ -19,73 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from deqh_core.data.store import HamiltonianDB, MoleculeRecord
 from deqh_core.data.xyz import read_xyz
 from deqh_core.errors import DataError
+from deqh_core.recipe import Recipe
 
 # pyscf and deqh_core.basis (which pulls in e3nn/torch) are imported inside the functions that
 # need them, so that importing this module (e.g. for the CLI's --help) stays fast.
 
-_INIT_GUESSES = ("minao", "atom", "huckel", "mod_huckel", "hcore", "1e", "sap", "vsap")
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-class Recipe(BaseModel):
-    """The DFT recipe of the labels; stored in every file so that labels are never mixed.
-
-    The default is the QH9 recipe: B3LYP/def2-SVP on grid level 3, with the SCF tolerances of
-    QH9's own generation scripts (the paper quotes 1e-13, which is below PySCF's numerical
-    noise). ``xc`` is ``"b3lyp5"`` because PySCF >= 2.3 changed ``"b3lyp"`` to use VWN-RPA
-    (VWN3), while QH9-stable was labelled with PySCF 2.2.1, whose ``"b3lyp"`` is today's
-    ``"b3lyp5"`` (VWN5). Basis sets that define ECPs (def2 beyond Kr) get them automatically.
-    Only closed-shell RKS labels are supported so far (``spin`` must be 0).
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    xc: str = "b3lyp5"
-    basis: str = "def2-svp"
-    grid_level: int = Field(3, ge=0, le=9)
-    conv_tol: float = Field(1e-9, gt=0)  # Hartree
-    conv_tol_grad: float = Field(3.16e-5, gt=0)
-    max_cycle: int = Field(100, ge=1)
-    charge: int = 0
-    spin: int = Field(0, ge=0)  # 2S = N_alpha - N_beta
-    init_guess: str = "minao"
-
-    @field_validator("xc")
-    @classmethod
-    def _known_xc(cls, xc: str) -> str:
-        from pyscf.dft import libxc
-
-        try:
-            libxc.parse_xc(xc)
-        except (KeyError, ValueError) as err:
-            raise ValueError(f"PySCF does not know the functional {xc!r} ({err})") from None
-        return xc
-
-    @field_validator("init_guess")
-    @classmethod
-    def _known_guess(cls, guess: str) -> str:
-        # PySCF silently falls back to minao for unknown names; refuse them instead.
-        if guess.lower() not in _INIT_GUESSES:
-            raise ValueError(f"init_guess must be one of {', '.join(_INIT_GUESSES)}")
-        return guess.lower()
-
-    def as_meta(self) -> dict:
-        """The recipe as stored in a file's ``meta`` table: all fields plus the PySCF version,
-        units, AO order and what the matrix is."""
-        import pyscf
-
-        return {
-            **self.model_dump(),
-            "pyscf_version": pyscf.__version__,
-            "units": {"positions": "angstrom", "matrices": "hartree"},
-            "ao_order": "pyscf",
-            "matrix": "converged Fock matrix",
-        }
 
 
 @dataclass
@@ -221,19 +164,10 @@ def label(
     ``store_overlap``. An SCF that does not converge (or breaks down numerically) gives a
     ``Failure``. Raises ``BasisError``/``DataError`` for inputs the recipe cannot handle.
     """
-    from pyscf import dft
-
     recipe = recipe or Recipe()
     check_tasks([task], recipe)
     start = time.perf_counter()
-    mf = dft.RKS(_molecule(task, recipe))
-    mf.xc = recipe.xc
-    mf.grids.level = recipe.grid_level
-    mf.conv_tol = recipe.conv_tol
-    mf.conv_tol_grad = recipe.conv_tol_grad
-    mf.max_cycle = recipe.max_cycle
-    mf.init_guess = recipe.init_guess
-    mf.verbose = 0
+    mf = recipe.rks(_molecule(task, recipe))
     cycles = 0
 
     def count(_env: dict) -> None:
@@ -265,29 +199,8 @@ def label(
 
 
 def _molecule(task: Task, recipe: Recipe):
-    from pyscf import gto
-    from pyscf.gto.basis import load_ecp
-
-    from deqh_core.basis import symbol
-
-    symbols = [symbol(int(z)) for z in task.atomic_numbers]
-    ecp = {}
-    for sym in set(symbols):
-        try:
-            if load_ecp(recipe.basis, sym):
-                ecp[sym] = recipe.basis
-        except Exception:  # no ECP library under this name: an all-electron basis
-            pass
     try:
-        return gto.M(
-            atom=[(s, tuple(map(float, p))) for s, p in zip(symbols, task.positions)],
-            basis=recipe.basis,
-            ecp=ecp,
-            charge=recipe.charge,
-            spin=recipe.spin,
-            unit="Angstrom",
-            verbose=0,
-        )
+        return recipe.mole(task.atomic_numbers, task.positions)
     except RuntimeError as err:
         raise DataError(f"{task.source}: PySCF cannot build the molecule ({err})") from None
 
