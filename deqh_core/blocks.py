@@ -71,6 +71,7 @@ class BlockGather:
     n_ao: torch.Tensor  # [n_molecules] long
     offset: torch.Tensor  # [n_molecules] long: start of each molecule in the flat vector
     size: int  # length of the flat vector
+    reverse: torch.Tensor  # [n_pairs] position of pair (j, i) for pair (i, j)
     _signs: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -119,9 +120,38 @@ def block_gather(data) -> BlockGather:
     atoms = torch.arange(len(mol), device=mol.device)
     diag, diag_mask, diag_sign = pairs(atoms, atoms)
     off, off_mask, off_sign = pairs(data.pair_index[0], data.pair_index[1])
-    gather = BlockGather(diag, off, diag_mask, off_mask, diag_sign, off_sign, n_ao, offset, size)
+    gather = BlockGather(
+        diag,
+        off,
+        diag_mask,
+        off_mask,
+        diag_sign,
+        off_sign,
+        n_ao,
+        offset,
+        size,
+        reverse_pairs(data.pair_index, len(mol)),
+    )
     data.__dict__["_block_gather"] = gather
     return gather
+
+
+def reverse_pairs(pair_index: torch.Tensor, n_atoms: int) -> torch.Tensor:
+    """``[n_pairs]``: for each pair ``(i, j)`` the position of ``(j, i)`` (vectorised search)."""
+    key = pair_index[0] * n_atoms + pair_index[1]
+    order = torch.argsort(key)
+    found = torch.searchsorted(key[order], pair_index[1] * n_atoms + pair_index[0])
+    reverse = order[found.clamp(max=len(key) - 1)]
+    if not torch.equal(pair_index[:, reverse], pair_index.flip(0)):
+        raise ValueError("pair_index lacks the reverse of some pair (need all ordered pairs)")
+    return reverse
+
+
+def symmetrize(diag: torch.Tensor, off: torch.Tensor, data) -> tuple[torch.Tensor, torch.Tensor]:
+    """Make a batch's blocks an exactly symmetric matrix: ``diag[i] = (M + Mᵀ)/2`` and
+    ``off(i, j) = (off(i, j) + off(j, i)ᵀ)/2``."""
+    reverse = block_gather(data).reverse
+    return (diag + diag.transpose(1, 2)) / 2, (off + off[reverse].transpose(1, 2)) / 2
 
 
 def split(flat: torch.Tensor, data) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,206 @@
+"""Conformance kit for backbone authors, in the spirit of scikit-learn's ``check_estimator``.
+
+``check_backbone("name")`` builds the backbone on small real molecules (PySCF matrices, float64)
+in every mode it supports — predictor, reading S, reading H (DEQ) — and checks that it is
+
+* rotation-equivariant in the AO layout: ``H(R·x) = D(R) H(x) D(R)ᵀ`` with e3nn's Wigner-D,
+* translation-invariant,
+* permutation-equivariant over atoms,
+* exactly symmetric,
+* the same for a molecule alone and inside a batch,
+* DEQ-wrappable (when it reads H): the wrapper runs and reports its iterations.
+
+Run it in a plugin's own tests, or from the shell: ``deqh backbones check NAME``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from e3nn import o3
+from torch_geometric.data import Batch
+
+from deqh_core.backbone import BackboneSpec, ReducedSolver
+from deqh_core.basis import AOLayout, mole
+from deqh_core.blocks import assemble
+from deqh_core.convention import model_rotation
+from deqh_core.data.dataset import molecule_data
+from deqh_core.data.store import MoleculeRecord
+from deqh_core.solver import Blocks
+
+# Small real molecules (Å): water and methanol, H/C/O in def2-SVP.
+KIT_MOLECULES: dict[str, tuple[list[int], list[list[float]]]] = {
+    "water": ([8, 1, 1], [[0.0, 0.0, 0.117], [0.0, 0.757, -0.467], [0.0, -0.757, -0.467]]),
+    "methanol": (
+        [6, 8, 1, 1, 1, 1],
+        [
+            [-0.046, 0.663, 0.0],
+            [-0.046, -0.758, 0.0],
+            [-1.086, 0.975, 0.0],
+            [0.438, 1.079, 0.887],
+            [0.438, 1.079, -0.887],
+            [0.868, -1.086, 0.0],
+        ],
+    ),
+}
+
+
+@dataclass
+class CheckResult:
+    mode: str  # "predictor", "reads S", "reads H", "reads H+S"
+    check: str
+    passed: bool
+    detail: str
+
+
+class BackboneCheckError(AssertionError):
+    """Raised by :func:`check_backbone` when a check fails; lists every failure."""
+
+
+def _item(z, pos, layout: AOLayout, mol_id: int):
+    """A dataset item whose 'label' is PySCF's core Hamiltonian (a real, geometry-dependent H)."""
+    mol = mole(z, pos, layout.basis)
+    record = MoleculeRecord(
+        mol_id,
+        np.asarray(z),
+        np.asarray(pos, dtype=float),
+        mol.intor("int1e_kin") + mol.intor("int1e_nuc"),
+        mol.intor("int1e_ovlp"),
+    )
+    return molecule_data(record, layout)
+
+
+def _run(solver, items, deq_config=None):
+    batch = Batch.from_data_list(items)
+    if solver.capabilities.reads_h:
+        from deqh_core.deq import DEQHamiltonianSolver
+
+        wrapper = DEQHamiltonianSolver(solver, deq_config)
+        blocks, diagnostics = wrapper(batch)
+        return batch, blocks, diagnostics
+    return batch, solver(batch, None, solver.inject(batch)), None
+
+
+def check_backbone(
+    spec: BackboneSpec | str,
+    config=None,
+    basis: str = "def2-svp",
+    seed: int = 0,
+    atol: float = 1e-8,
+    raise_on_failure: bool = True,
+) -> list[CheckResult]:
+    """Run every check on every mode ``spec`` supports; ``atol`` is relative to the largest
+    output entry. Returns the results; raises :class:`BackboneCheckError` on any failure
+    unless ``raise_on_failure`` is False."""
+    from deqh_core.deq import DEQConfig
+    from deqh_core.plugins import get_backbone
+
+    if isinstance(spec, str):
+        spec = get_backbone(spec)
+    config = config or spec.config()
+    molecules = list(KIT_MOLECULES.values())
+    layout = AOLayout(basis, sorted({z for zs, _ in molecules for z in zs}))
+    modes = [("predictor", False, False)]
+    if spec.capabilities.reads_s:
+        modes.append(("reads S", False, True))
+    if spec.capabilities.reads_h:
+        modes.append(
+            (
+                "reads H+S" if spec.capabilities.reads_s else "reads H",
+                True,
+                spec.capabilities.reads_s,
+            )
+        )
+    # a fixed number of plain iterations: the same computation alone and inside a batch
+    deq_config = DEQConfig(f_solver="fixed_point_iter", f_max_iter=6, b_max_iter=6, f_tol=1e-30)
+    results: list[CheckResult] = []
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        for mode, reads_h, reads_s in modes:
+            torch.manual_seed(seed)
+            solver = ReducedSolver(spec, config, layout, reads_h, reads_s).double().eval()
+            with torch.no_grad():
+                results += _check_mode(mode, solver, molecules, layout, deq_config, atol, seed)
+    finally:
+        torch.set_default_dtype(default)
+    failures = [r for r in results if not r.passed]
+    if failures and raise_on_failure:
+        lines = "\n".join(f"  [{r.mode}] {r.check}: {r.detail}" for r in failures)
+        raise BackboneCheckError(
+            f"backbone {spec.name!r} failed {len(failures)} check(s):\n{lines}"
+        )
+    return results
+
+
+def _check_mode(mode, solver, molecules, layout, deq_config, atol, seed) -> list[CheckResult]:
+    rng = np.random.default_rng(seed)
+    z, pos = molecules[-1]
+    pos = np.asarray(pos)
+    batch, ref, diagnostics = _run(solver, [_item(z, pos, layout, 0)], deq_config)
+    scale = max(ref.diag.abs().max().item(), ref.off.abs().max().item(), 1e-12)
+    out: list[CheckResult] = []
+
+    def record(name: str, error: float, limit: float = atol) -> None:
+        out.append(
+            CheckResult(
+                mode,
+                name,
+                error <= limit * scale,
+                f"max error {error:.2e} (allowed {limit * scale:.2e})",
+            )
+        )
+
+    def diff(a: Blocks, b: Blocks) -> float:
+        return max((a.diag - b.diag).abs().max().item(), (a.off - b.off).abs().max().item())
+
+    # rotation: compare blocks with the padded Wigner-D of the layout
+    rot = o3.rand_matrix(dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    d = layout.irreps.D_from_matrix(model_rotation(rot))
+    _, rotated, _ = _run(solver, [_item(z, pos @ rot.numpy().T, layout, 0)], deq_config)
+    expect = Blocks(d @ ref.diag @ d.T, d @ ref.off @ d.T)
+    record("rotation equivariance (e3nn Wigner-D)", diff(rotated, expect))
+
+    _, moved, _ = _run(solver, [_item(z, pos + rng.normal(size=3) * 3.0, layout, 0)], deq_config)
+    record("translation invariance", diff(moved, ref))
+
+    perm = rng.permutation(len(z))
+    _, permuted, _ = _run(solver, [_item(np.asarray(z)[perm], pos[perm], layout, 0)], deq_config)
+    inverse = np.argsort(perm)
+    pair_pos = {(i, j): p for p, (i, j) in enumerate(batch.pair_index.T.tolist())}
+    src, dst = batch.pair_index
+    # pair (i, j) of the original is pair (inverse[i], inverse[j]) of the permuted molecule
+    mapped = [
+        pair_pos[(int(inverse[i]), int(inverse[j]))] for i, j in zip(src.tolist(), dst.tolist())
+    ]
+    expect = Blocks(permuted.diag[torch.as_tensor(inverse)], permuted.off[torch.as_tensor(mapped)])
+    record("permutation equivariance over atoms", diff(ref, expect))
+
+    flat = assemble(ref.diag, ref.off, batch)
+    m = flat.view(int(batch.n_ao), int(batch.n_ao))
+    out.append(
+        CheckResult(
+            mode,
+            "exact symmetry",
+            bool(torch.equal(m, m.T)),
+            f"max |H - Hᵀ| = {(m - m.T).abs().max().item():.2e}",
+        )
+    )
+
+    other_z, other_pos = molecules[0]
+    items = [_item(other_z, other_pos, layout, 1), _item(z, pos, layout, 0)]
+    _, both, _ = _run(solver, items, deq_config)
+    first_atoms, first_pairs = len(other_z), len(other_z) * (len(other_z) - 1)
+    inside = Blocks(both.diag[first_atoms:], both.off[first_pairs:])
+    record("same alone and inside a batch", diff(inside, ref))
+
+    if solver.capabilities.reads_h:
+        ok = (
+            diagnostics is not None
+            and diagnostics.iterations >= 1
+            and bool(torch.isfinite(ref.diag).all())
+        )
+        out.append(CheckResult(mode, "DEQ-wrappable", ok, f"{diagnostics}"))
+    return out

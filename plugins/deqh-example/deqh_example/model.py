@@ -1,0 +1,80 @@
+"""``tfn-mini``: a deliberately small equivariant backbone honouring deqh's backbone contract.
+
+Atoms start as learned element embeddings (plus the core's optional node features); a few
+tensor-field-network layers pass messages along edges within a cutoff; tensor-product heads turn
+node pairs into AO blocks through the core's ``BlockExpansion``.
+"""
+
+from __future__ import annotations
+
+import torch
+from e3nn import nn as e3nn_nn
+from e3nn import o3
+from pydantic import BaseModel, ConfigDict, Field
+
+from deqh_core.basis import AOLayout
+from deqh_core.blocks import symmetrize
+from deqh_core.expansion import BlockExpansion
+from deqh_core.graph import edge_vectors, radius_edges
+from deqh_core.solver import Blocks
+
+
+class TFNMiniConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    channels: int = Field(16, ge=1, description="scalar channels; l=1 and l=2 get half, a quarter")
+    layers: int = Field(2, ge=1, description="message-passing layers")
+    cutoff: float = Field(5.0, gt=0, description="edge cutoff, Å")
+    num_basis: int = Field(8, ge=2, description="radial basis functions")
+
+
+class TFNMini(torch.nn.Module):
+    def __init__(self, config: TFNMiniConfig, layout: AOLayout, node_irreps: o3.Irreps | None):
+        super().__init__()
+        c = config.channels
+        self.config = config
+        self.hidden = o3.Irreps(f"{c}x0e+{max(c // 2, 1)}x1o+{max(c // 4, 1)}x2e")
+        self.sh = o3.Irreps.spherical_harmonics(2)
+        self.embed = torch.nn.Embedding(119, c)
+        self.node_in = o3.Linear(node_irreps, self.hidden) if node_irreps else None
+        self.convs = torch.nn.ModuleList()
+        self.radial = torch.nn.ModuleList()
+        for _ in range(config.layers):
+            tp = o3.FullyConnectedTensorProduct(
+                self.hidden, self.sh, self.hidden, shared_weights=False
+            )
+            self.convs.append(tp)
+            self.radial.append(e3nn_nn.FullyConnectedNet([config.num_basis, 32, tp.weight_numel]))
+        self.expansion = BlockExpansion(layout)
+        self.diag_head = o3.FullyConnectedTensorProduct(
+            self.hidden, self.hidden, self.expansion.irreps
+        )
+        self.off_head = o3.FullyConnectedTensorProduct(
+            self.hidden, self.hidden, self.expansion.irreps
+        )
+
+    def inject(self, batch) -> dict:
+        """The graph and its radial/angular features: independent of H."""
+        edges = batch.pair_index[:, radius_edges(batch.pos, batch.pair_index, self.config.cutoff)]
+        vec = edge_vectors(batch.pos, edges)
+        dist = vec.norm(dim=-1)
+        rbf = e3nn_nn.soft_one_hot_linspace(
+            dist, 0.0, self.config.cutoff, self.config.num_basis, basis="smooth_finite", cutoff=True
+        )
+        sh = o3.spherical_harmonics(self.sh, vec, normalize=True, normalization="component")
+        return {"edges": edges, "rbf": rbf * self.config.num_basis**0.5, "sh": sh}
+
+    def forward(self, batch, node_features: torch.Tensor | None, injection: dict) -> Blocks:
+        n = batch.z.shape[0]
+        x = torch.zeros(n, self.hidden.dim, dtype=injection["sh"].dtype, device=batch.z.device)
+        x[:, : self.config.channels] = self.embed(batch.z)
+        if self.node_in is not None:
+            x = x + self.node_in(node_features)
+        src, dst = injection["edges"]
+        for tp, radial in zip(self.convs, self.radial):
+            messages = tp(x[src], injection["sh"], radial(injection["rbf"]))
+            x = x + torch.zeros_like(x).index_add_(0, dst, messages) / 4.0
+        diag = self.expansion(self.diag_head(x, x))
+        i, j = batch.pair_index
+        off = self.expansion(self.off_head(x[i], x[j]))
+        return Blocks(*symmetrize(diag, off, batch))
