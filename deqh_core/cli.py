@@ -254,3 +254,89 @@ def backbones_check(
     Console(width=200).print(table)
     if not all(r.passed for r in results):
         raise typer.Exit(1)
+
+
+@app.command("train")
+def train_command(
+    backbone: Annotated[
+        str | None, typer.Option(help="Registered backbone (deqh backbones).")
+    ] = None,
+    deq: Annotated[
+        bool | None, typer.Option("--deq/--no-deq", help="DEQ Hamiltonian solver (DEQHNet).")
+    ] = None,
+    overlap: Annotated[
+        bool | None,
+        typer.Option(
+            "--overlap/--no-overlap", help="Feed S's diagonal reduction (default: = --deq)."
+        ),
+    ] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="cpu-small, md17-water, ..., qh9-stable-id (see docs).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML/TOML config file.", dir_okay=False)
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="Dataset file (default: bundled).")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Optimiser steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Molecules per batch.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32 or float64.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of weights and batch order.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
+    progress: Annotated[bool, typer.Option(help="Progress bar.")] = True,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="KEY=VALUE", help="Any config field, e.g. optim.ema=true."),
+    ] = None,
+) -> None:
+    """Train a backbone (as predictor, or with --deq as DEQ solver) on a Hamiltonian dataset."""
+    from rich.table import Table
+
+    from deqh_core.config import load_config, parse_override
+    from deqh_core.train import load_checkpoint, train
+
+    flags: dict = {}
+
+    def put(section: str, key: str, value) -> None:
+        if value is not None:
+            flags.setdefault(section, {})[key] = value
+
+    put("model", "backbone", backbone)
+    put("model", "deq", deq)
+    put("model", "overlap", overlap)
+    put("data", "path", str(data) if data else None)
+    put("data", "batch_size", batch_size)
+    put("optim", "max_steps", steps)
+    put("optim", "lr", lr)
+    put("run", "device", device)
+    put("run", "dtype", dtype)
+    put("run", "seed", seed)
+    put("run", "out", str(out) if out else None)
+    put("run", "progress", progress)
+    overrides = [parse_override(text) for text in set_ or []]
+    if resume:
+        # the run's own saved config, so a resumed run is the run it continues
+        run_dir = out or Path(load_config(preset, config).run.out)
+        saved = load_checkpoint(run_dir / "last.pt")["config"]
+        cfg = load_config(None, None, saved, {"run": {"progress": progress}})
+    else:
+        cfg = load_config(preset, config, *overrides, flags)
+    result = train(cfg, resume=resume)
+    table = Table(title=f"deqh train: {cfg.model.backbone}{' --deq' if cfg.model.deq else ''}")
+    table.add_column("validation (step)")
+    table.add_column("H MAE all, 1e-6 Ha")
+    table.add_column("diag")
+    table.add_column("off-diag")
+    table.add_column("DEQ nfe")
+    for name, m in (("last", result.last), ("best", result.best)):
+        table.add_row(
+            f"{name} ({m['step']})",
+            f"{m['mae_all'] * 1e6:.1f}",
+            f"{m['mae_diag'] * 1e6:.1f}",
+            f"{m['mae_off'] * 1e6:.1f}",
+            f"{m['deq_nfe']:.1f}" if "deq_nfe" in m else "-",
+        )
+    Console().print(table)
+    Console().print(f"{result.parameters:,} parameters; checkpoints in {result.out}/")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from e3nn import nn as e3nn_nn
 from e3nn import o3
+from e3nn.math import soft_one_hot_linspace
 from pydantic import BaseModel, ConfigDict, Field
 
 from deqh_core.basis import AOLayout
@@ -58,7 +59,7 @@ class TFNMini(torch.nn.Module):
         edges = batch.pair_index[:, radius_edges(batch.pos, batch.pair_index, self.config.cutoff)]
         vec = edge_vectors(batch.pos, edges)
         dist = vec.norm(dim=-1)
-        rbf = e3nn_nn.soft_one_hot_linspace(
+        rbf = soft_one_hot_linspace(
             dist, 0.0, self.config.cutoff, self.config.num_basis, basis="smooth_finite", cutoff=True
         )
         sh = o3.spherical_harmonics(self.sh, vec, normalize=True, normalization="component")

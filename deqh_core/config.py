@@ -1,0 +1,197 @@
+"""Run configuration: one pydantic model per concern, loadable from YAML/TOML, overridable.
+
+``TrainConfig`` = ``data`` + ``model`` + ``deq`` + ``optim`` + ``run``. Unknown keys are errors
+everywhere. Presets hold the paper's settings (Table 4) and a small CPU setting for the README's
+main job; a file or flags override a preset; the resolved config is saved next to every run.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from deqh_core.deq import DEQConfig
+from deqh_core.errors import DeqhError
+
+
+class ConfigError(DeqhError, ValueError):
+    """A configuration that does not validate; names the field and the source."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Strict):
+    path: Path | None = Field(
+        None, description="dataset file; None = the bundled water/ethanol set"
+    )
+    basis: str | None = Field(None, description="basis of the labels if the file records none")
+    split: Literal["random", "size_ood", "group", "within_group"] = "random"
+    sizes: str = Field("0.8/0.1/0.1", description="train/val/test fractions or counts")
+    split_seed: int = 0
+    batch_size: int = Field(8, ge=1)
+    val_batch_size: int | None = Field(None, ge=1)
+    cache: bool = Field(True, description="keep built molecules in memory (small datasets)")
+    num_workers: int = Field(0, ge=0)
+
+
+class ModelConfig(_Strict):
+    backbone: str = "qhnet"
+    deq: bool = Field(False, description="wrap the backbone as a DEQ Hamiltonian solver")
+    overlap: bool | None = Field(
+        None, description="feed the overlap's diagonal reduction; None = same as deq (DEQHNet)"
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="backbone hyperparameters")
+
+    @property
+    def reads_s(self) -> bool:
+        return self.deq if self.overlap is None else self.overlap
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    max_steps: int = Field(1000, ge=1)
+    warmup_steps: int = Field(100, ge=0)
+    schedule: Literal["polynomial", "cosine", "constant"] = "polynomial"
+    end_lr: float = Field(1e-7, ge=0)
+    power: float = Field(1.0, gt=0)
+    clip_grad_norm: float | None = Field(10.0, gt=0)
+    ema: bool = False
+    ema_decay: float = Field(0.99, gt=0, lt=1)
+    ema_start_step: int = Field(0, ge=0)
+
+
+class RunConfig(_Strict):
+    out: Path = Path("runs/default")
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    dtype: Literal["float32", "float64"] = "float32"
+    seed: int = 0
+    val_every: int = Field(100, ge=1)
+    log_every: int = Field(10, ge=1)
+    max_minutes: float | None = Field(None, gt=0, description="stop after this wall time")
+    progress: bool = True
+
+
+class TrainConfig(_Strict):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    deq: DEQConfig = DEQConfig()
+    optim: OptimConfig = OptimConfig()
+    run: RunConfig = RunConfig()
+
+
+_QH9 = {
+    "optim": {"lr": 5e-4},
+    "data": {"batch_size": 32},
+    "deq": DEQConfig.preset("qh9").model_dump(),
+}
+
+
+def _md17(batch: int, lr: float, ema_start_step: int) -> dict:
+    deq = DEQConfig.preset("md17").model_dump()
+    optim = {"lr": lr, "ema": True, "ema_start_step": ema_start_step}
+    return {"data": {"batch_size": batch, "sizes": "500/500/4000"}, "optim": optim, "deq": deq}
+
+
+PRESETS: dict[str, dict] = {
+    # the README's main job: minutes on a 2-core CPU, bundled data
+    "cpu-small": {
+        "data": {"batch_size": 4, "sizes": "0.8/0.1/0.1"},
+        "model": {
+            "params": {"channels": 16, "bottleneck": 8, "l_max": 2, "layers": 2, "cutoff": 5.0}
+        },
+        "deq": {"f_max_iter": 4, "b_max_iter": 4, "f_tol": 1e-4},
+        "optim": {"lr": 2e-3, "max_steps": 400, "warmup_steps": 20},
+        "run": {"val_every": 100, "out": "runs/cpu-small"},
+    },
+    # Table 4; EMA from epoch 40 for water = 40 x (500 / 10) steps
+    "md17-water": _md17(10, 5e-4, 2000),
+    "md17-ethanol": _md17(5, 1e-3, 0) | {"data": {"batch_size": 5, "sizes": "25000/500/4500"}},
+    "md17-malondialdehyde": _md17(5, 1e-3, 0)
+    | {"data": {"batch_size": 5, "sizes": "25000/500/1478"}},
+    "md17-uracil": _md17(5, 1e-3, 0) | {"data": {"batch_size": 5, "sizes": "25000/500/4500"}},
+    "qh9-stable-id": _QH9,
+    "qh9-stable-ood": {**_QH9, "data": {"batch_size": 32, "split": "size_ood"}},
+    "qh9-dynamic-geo": {**_QH9, "data": {"batch_size": 32, "split": "within_group"}},
+    "qh9-dynamic-mol": {**_QH9, "data": {"batch_size": 32, "split": "group"}},
+}
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_config_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        if path.suffix == ".toml":
+            return tomllib.loads(path.read_text())
+        if path.suffix in (".yaml", ".yml"):
+            return yaml.safe_load(path.read_text()) or {}
+        if path.suffix == ".json":
+            return json.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path}: cannot parse: {err}") from None
+    raise ConfigError(f"{path}: config files are .yaml, .yml, .toml or .json")
+
+
+def parse_override(text: str) -> dict:
+    """``"optim.lr=1e-3"`` -> ``{"optim": {"lr": 0.001}}`` (the value parsed as YAML)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} is not of the form section.field=value")
+    nested: dict = {}
+    node = nested
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = yaml.safe_load(value)
+    return nested
+
+
+def load_config(
+    preset: str | None = None, file: str | Path | None = None, *overrides: dict
+) -> TrainConfig:
+    """Preset, then file, then overrides (later wins), validated; errors name the field."""
+    values: dict = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        values = _merge(values, PRESETS[preset])
+    if file is not None:
+        values = _merge(values, read_config_file(file))
+    for update in overrides:
+        values = _merge(values, update)
+    try:
+        return TrainConfig.model_validate(values)
+    except ValidationError as err:
+        where = f" in {file}" if file else ""
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"invalid configuration{where}: {problems}") from None
+
+
+def save_config(config: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    import os
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    os.replace(tmp, path)

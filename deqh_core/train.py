@@ -1,0 +1,399 @@
+"""The training engine behind ``deqh train``: deterministic, resumable, checkpointed.
+
+Batches are drawn from a permutation seeded by ``(seed, epoch)``, so the data order is a
+function of the step alone; together with the saved model, optimiser, scheduler, EMA and RNG
+states, a run killed and resumed (``resume=True``) ends exactly where a straight run does.
+Checkpoints ``last.pt`` (every validation) and ``best.pt`` (best validation H MAE) are written
+atomically; ``metrics.csv`` logs every ``log_every`` steps and every validation.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch_geometric.loader import DataLoader
+
+from deqh_core.config import TrainConfig, save_config
+from deqh_core.data.dataset import BUNDLED, HamiltonianDataset
+from deqh_core.data.splits import (
+    Split,
+    group_split,
+    groups_from_sources,
+    random_split,
+    size_ood_split,
+    within_group_split,
+)
+from deqh_core.errors import DeqhError
+from deqh_core.metrics import MAEAccumulator, hamiltonian_loss
+from deqh_core.model import HamiltonianModel, n_parameters
+
+FLOAT_FIELDS = ("pos", "h_diag", "h_off", "s_diag", "s_off", "h0_diag", "h0_off")
+
+
+class CheckpointError(DeqhError):
+    """A checkpoint that is missing, corrupt or belongs to another model/basis."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeqhError(f"device {name!r} requested but CUDA is not available here")
+    return device
+
+
+def to_device(batch, device: torch.device, dtype: torch.dtype):
+    """Move a batch, casting its floating-point fields to the model's dtype."""
+    batch = batch.to(device)
+    for key in FLOAT_FIELDS:
+        value = getattr(batch, key, None)
+        if value is not None:
+            setattr(batch, key, value.to(dtype))
+    return batch
+
+
+def make_split(dataset: HamiltonianDataset, config) -> Split:
+    ids = dataset.ids
+    if config.split == "random":
+        return random_split(ids, config.sizes, config.split_seed)
+    records = list(dataset.records())
+    if config.split == "size_ood":
+        return size_ood_split(ids, [len(r.atomic_numbers) for r in records])
+    groups = groups_from_sources([r.source for r in records], [r.atomic_numbers for r in records])
+    if config.split == "group":
+        return group_split(ids, groups, config.sizes, config.split_seed)
+    return within_group_split(ids, groups, config.sizes, config.split_seed)
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Atomic: a kill during the write leaves the previous checkpoint intact."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({type(err).__name__}: {err})"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state or "describe" not in state:
+        raise CheckpointError(f"{path}: not a deqh checkpoint")
+    return state
+
+
+def _lr_lambda(config, step: int) -> float:
+    o = config.optim
+    if step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    if o.schedule == "constant":
+        return 1.0
+    progress = min((step - o.warmup_steps) / max(o.max_steps - o.warmup_steps, 1), 1.0)
+    floor = o.end_lr / o.lr
+    if o.schedule == "cosine":
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return floor + (1 - floor) * (1 - progress) ** o.power
+
+
+def _rng_state() -> dict:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),  # noqa: NPY002 - the global state is what we restore
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@dataclass
+class TrainResult:
+    step: int
+    best: dict[str, float]
+    last: dict[str, float]
+    out: Path
+    parameters: int
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        self.device = resolve_device(config.run.device)
+        self.dtype = getattr(torch, config.run.dtype)
+        torch.manual_seed(config.run.seed)
+        path = config.data.path or BUNDLED
+        dataset = HamiltonianDataset(path, basis=config.data.basis, cache=config.data.cache)
+        self.split = make_split(dataset, config.data)
+        self.layout = dataset.layout
+        self.train_set = HamiltonianDataset(
+            path, layout=self.layout, ids=self.split.train, cache=config.data.cache
+        )
+        self.val_set = HamiltonianDataset(
+            path, layout=self.layout, ids=self.split.val, cache=config.data.cache
+        )
+        if not len(self.train_set) or not len(self.val_set):
+            raise DeqhError(f"split {config.data.sizes!r} leaves no training or validation data")
+        self.model = HamiltonianModel(config.model, self.layout, config.deq)
+        self.model.to(self.device, self.dtype)
+        o = config.optim
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: _lr_lambda(config, step)
+        )
+        self.ema = (
+            AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(o.ema_decay))
+            if o.ema
+            else None
+        )
+        self.step = 0
+        self.best: dict[str, float] = {}
+        self.out = Path(config.run.out)
+
+    # -- data ------------------------------------------------------------------------------
+    def batches_per_epoch(self) -> int:
+        return math.ceil(len(self.train_set) / self.config.data.batch_size)
+
+    def _epoch_batches(self, epoch: int) -> list[list[int]]:
+        g = torch.Generator().manual_seed(self.config.run.seed * 100003 + epoch)
+        order = torch.randperm(len(self.train_set), generator=g).tolist()
+        size = self.config.data.batch_size
+        return [order[i : i + size] for i in range(0, len(order), size)]
+
+    def _train_batches(self):
+        """Batches from the current step on, forever."""
+        per_epoch = self.batches_per_epoch()
+        epoch, skip = divmod(self.step, per_epoch)
+        while True:
+            sampler = self._epoch_batches(epoch)[skip:]
+            loader = DataLoader(
+                self.train_set, batch_sampler=sampler, num_workers=self.config.data.num_workers
+            )
+            yield from loader
+            epoch, skip = epoch + 1, 0
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "step": self.step,
+            "best": self.best,
+            "config": self.config.model_dump(mode="json"),
+            "describe": self.model.describe(),
+            "split": {"train": self.split.train, "val": self.split.val, "test": self.split.test},
+            "rng": _rng_state(),
+        }
+
+    def restore(self, state: dict) -> None:
+        if state["describe"] != self.model.describe():
+            raise CheckpointError(
+                f"checkpoint is for {state['describe']}, not this run's model "
+                f"{self.model.describe()}"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.step, self.best = state["step"], state["best"]
+        _set_rng_state(state["rng"])
+
+    # -- evaluation ------------------------------------------------------------------------
+    def evaluation_model(self) -> HamiltonianModel:
+        started = self.ema is not None and self.step > self.config.optim.ema_start_step
+        return self.ema.module if started else self.model
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        model = self.evaluation_model()
+        model.eval()
+        mae, nfe, residual = MAEAccumulator(), [], []
+        size = self.config.data.val_batch_size or self.config.data.batch_size
+        for batch in DataLoader(self.val_set, batch_size=size):
+            batch = to_device(batch, self.device, self.dtype)
+            pred, diagnostics = model(batch)
+            mae.update(pred, batch)
+            if diagnostics is not None:
+                nfe.append(diagnostics.nfe)
+                residual.append(float(diagnostics.abs_residual.max()))
+        model.train()
+        result = mae.result()
+        if nfe:
+            result |= {"deq_nfe": float(np.mean(nfe)), "deq_residual": max(residual)}
+        return result
+
+    # -- the loop --------------------------------------------------------------------------
+    def fit(self, resume: bool = False, stop_at_step: int | None = None) -> TrainResult:
+        """Train to ``optim.max_steps`` (or ``stop_at_step``, as if killed there)."""
+        cfg = self.config
+        self.out.mkdir(parents=True, exist_ok=True)
+        last = self.out / "last.pt"
+        if resume:
+            self.restore(load_checkpoint(last, self.device))
+        elif last.exists():
+            raise DeqhError(
+                f"{self.out} already holds a run; pass --resume to continue it or choose "
+                "another --out (nothing was overwritten)"
+            )
+        save_config(cfg, self.out / "config.yaml")
+        self.split.to_json(self.out / "split.json")
+        log = _CSVLog(self.out / "metrics.csv", keep_until=self.step)
+        end = min(cfg.optim.max_steps, stop_at_step or cfg.optim.max_steps)
+        deadline = time.time() + 60 * cfg.run.max_minutes if cfg.run.max_minutes else None
+        self.model.train()
+        metrics: dict[str, float] = {}
+        with _progress(cfg.run.progress, self.step, end) as bar:
+            for batch in self._train_batches():
+                if self.step >= end or (deadline and time.time() > deadline):
+                    break
+                batch = to_device(batch, self.device, self.dtype)
+                pred, diagnostics = self.model(batch)
+                loss = hamiltonian_loss(pred, batch)
+                if not torch.isfinite(loss):
+                    raise DeqhError(f"loss is {loss.item()} at step {self.step}; stopping")
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.optim.clip_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(
+                        self.model.parameters(), cfg.optim.clip_grad_norm
+                    )
+                self.optimizer.step()
+                self.scheduler.step()
+                self.step += 1
+                if self.ema is not None and self.step > cfg.optim.ema_start_step:
+                    self.ema.update_parameters(self.model)
+                if self.step % cfg.run.log_every == 0:
+                    row = {
+                        "step": self.step,
+                        "split": "train",
+                        "loss": loss.item(),
+                        "lr": self.scheduler.get_last_lr()[0],
+                    }
+                    if diagnostics is not None:
+                        row["deq_nfe"] = diagnostics.nfe
+                    log.write(row)
+                if self.step % cfg.run.val_every == 0 or self.step == end:
+                    metrics = self._validate_and_save(log)
+                bar.update(loss.item(), metrics.get("mae_all"))
+        if not metrics or metrics.get("step") != self.step:
+            metrics = self._validate_and_save(log)
+        return TrainResult(self.step, self.best, metrics, self.out, n_parameters(self.model))
+
+    def _validate_and_save(self, log: _CSVLog) -> dict[str, float]:
+        metrics = {"step": self.step} | self.validate()
+        log.write({"split": "val"} | metrics)
+        if not self.best or metrics["mae_all"] < self.best["mae_all"]:
+            self.best = metrics
+            save_checkpoint(self.state(), self.out / "best.pt")
+        save_checkpoint(self.state(), self.out / "last.pt")
+        return metrics
+
+
+class _CSVLog:
+    """Append-only CSV; on resume, rows logged after the checkpoint's step are dropped."""
+
+    FIELDS = (
+        "step",
+        "split",
+        "loss",
+        "lr",
+        "mae_all",
+        "mae_diag",
+        "mae_off",
+        "deq_nfe",
+        "deq_residual",
+        "time",
+    )
+
+    def __init__(self, path: Path, keep_until: int):
+        self.path = path
+        rows = []
+        if path.exists() and keep_until > 0:
+            with path.open() as f:
+                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= keep_until]
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, self.FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.start = time.time()
+
+    def write(self, row: dict) -> None:
+        row = {k: row.get(k, "") for k in self.FIELDS} | {
+            "time": round(time.time() - self.start, 3)
+        }
+        with self.path.open("a", newline="") as f:
+            csv.DictWriter(f, self.FIELDS).writerow(row)
+
+
+class _progress:
+    """A rich progress bar showing loss and validation MAE (no-op when disabled)."""
+
+    def __init__(self, enabled: bool, start: int, end: int):
+        self.enabled, self.start, self.end = enabled, start, end
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.progress = Progress(
+                TextColumn("train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[status]}"),
+            )
+            self.progress.start()
+            self.task = self.progress.add_task(
+                "train", total=self.end, completed=self.start, status=""
+            )
+        return self
+
+    def update(self, loss: float, mae: float | None) -> None:
+        if self.enabled:
+            status = f"loss {loss:.2e}" + (f"  val MAE {mae:.2e} Ha" if mae is not None else "")
+            self.progress.update(self.task, advance=1, status=status)
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.progress.stop()
+
+
+def train(
+    config: TrainConfig, resume: bool = False, stop_at_step: int | None = None
+) -> TrainResult:
+    return Trainer(config).fit(resume=resume, stop_at_step=stop_at_step)

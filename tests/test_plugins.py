@@ -1,0 +1,182 @@
+"""The plugin system, with the example plugin installed the way a user would install it."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from deqh_core import plugins
+from deqh_core.backbone import BackboneError, BackboneSpec
+from deqh_core.cli import app
+from deqh_core.hookspecs import hookimpl
+from deqh_core.testing import check_backbone
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def example_plugin(tmp_path_factory):
+    """``pip install ./plugins/deqh-example`` into a private target dir on sys.path."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(ROOT / "plugins" / "deqh-example"),
+        ],
+        check=True,
+    )
+    sys.path.insert(0, str(target))
+    plugins.reload_plugins()
+    yield target
+    sys.path.remove(str(target))
+    for name in [m for m in sys.modules if m.startswith("deqh_example")]:
+        del sys.modules[name]
+    plugins.reload_plugins()
+
+
+def _deqh(*args, site=None):
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    if site is not None:
+        env["PYTHONPATH"] = str(site)
+    return subprocess.run(
+        [sys.executable, "-m", "deqh_core", *args], capture_output=True, text=True, env=env
+    )
+
+
+def test_installed_plugin_is_listed_and_uninstalled_one_is_not(example_plugin):
+    listed = _deqh("backbones", site=example_plugin)
+    assert listed.returncode == 0, listed.stderr
+    assert "tfn-mini" in listed.stdout and "deqh-example-backbone 0.1.0" in listed.stdout
+    without = _deqh("backbones")
+    assert without.returncode == 0 and "tfn-mini" not in without.stdout
+
+
+def test_example_backbone_passes_the_conformance_kit(example_plugin):
+    results = check_backbone("tfn-mini")
+    modes = {r.mode for r in results}
+    assert modes == {"predictor", "reads S", "reads H+S"}
+    assert all(r.passed for r in results)
+
+
+def test_train_example_with_and_without_deq_through_the_cli(example_plugin, tmp_path):
+    for deq in ("--no-deq", "--deq"):
+        out = tmp_path / deq
+        result = _deqh(
+            "train",
+            "--backbone",
+            "tfn-mini",
+            deq,
+            "--steps",
+            "3",
+            "--batch-size",
+            "2",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--set",
+            "deq.f_max_iter=2",
+            "--set",
+            "model.params={channels: 4, layers: 1}",
+            site=example_plugin,
+        )
+        assert result.returncode == 0, result.stderr
+        assert (out / "last.pt").exists() and (out / "config.yaml").exists()
+        assert ("DEQ nfe" in result.stdout) and ("2.0" in result.stdout) == (deq == "--deq")
+
+
+def test_unknown_backbone_lists_the_known_ones(example_plugin):
+    result = CliRunner().invoke(app, ["train", "--backbone", "nope", "--steps", "1"])
+    assert result.exit_code == 1
+    assert "unknown backbone 'nope'" in result.output and "tfn-mini" in result.output
+
+
+def _spec(name):
+    from deqh_example.model import TFNMini, TFNMiniConfig
+
+    return BackboneSpec(name, "test", TFNMiniConfig, TFNMini)
+
+
+def test_two_plugins_claiming_one_name(example_plugin):
+    class Clash:
+        @hookimpl
+        def deqh_backbones(self):
+            return [_spec("tfn-mini")]
+
+    plugins.register(Clash(), name="clash")
+    try:
+        with pytest.raises(
+            plugins.PluginError,
+            match=r"'tfn-mini' is claimed twice.*"
+            r"deqh-example-backbone 0\.1\.0.*clash",
+        ):
+            plugins.backbones()
+    finally:
+        plugins.plugin_manager().unregister(name="clash")
+
+
+def test_plugin_that_raises_on_import(tmp_path):
+    dist = tmp_path / "brokenplug-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplug\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[deqh]\nbroken = broken_deqh_plugin\n")
+    (tmp_path / "broken_deqh_plugin.py").write_text(
+        textwrap.dedent("""
+        raise RuntimeError("this plugin is broken")
+    """)
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        with pytest.raises(
+            plugins.PluginError,
+            match=r"plugin 'broken'.*brokenplug 1\.0.*"
+            "RuntimeError: this plugin is broken",
+        ):
+            plugins.reload_plugins()
+    finally:
+        sys.path.remove(str(tmp_path))
+        plugins.reload_plugins()
+
+
+def test_get_backbone_error_is_specific():
+    with pytest.raises(BackboneError, match="unknown backbone 'missing'; registered backbones:"):
+        plugins.get_backbone("missing")
+
+
+def test_the_kit_catches_a_backbone_that_breaks_the_symmetries(example_plugin):
+    """The conformance kit must fail a backbone that reads raw coordinates and is asymmetric."""
+    from deqh_example.model import TFNMini, TFNMiniConfig
+
+    from deqh_core.solver import Blocks
+
+    class Broken(TFNMini):
+        def forward(self, batch, node_features, injection):
+            out = super().forward(batch, node_features, injection)
+            x = batch.pos[:, :1, None]  # a lab-frame coordinate: not invariant
+            diag = out.diag + x * torch.ones_like(out.diag).triu()  # and not symmetric
+            return Blocks(diag, out.off)
+
+    spec = BackboneSpec("broken", "test", TFNMiniConfig, Broken)
+    results = check_backbone(spec, raise_on_failure=False)
+    failed = {r.check for r in results if not r.passed}
+    assert {
+        "rotation equivariance (e3nn Wigner-D)",
+        "translation invariance",
+        "exact symmetry",
+    } <= failed
+    assert "same alone and inside a batch" not in failed
+    with pytest.raises(AssertionError, match="backbone 'broken' failed"):
+        check_backbone(spec)
