@@ -70,6 +70,9 @@ def test_example_backbone_passes_the_conformance_kit(example_plugin):
     modes = {r.mode for r in results}
     assert modes == {"predictor", "reads S", "reads H+S"}
     assert all(r.passed for r in results)
+    cli = _deqh("backbones", "check", "tfn-mini", site=example_plugin)
+    assert cli.returncode == 0, cli.stderr
+    assert "rotation equivariance" in cli.stdout and "FAIL" not in cli.stdout
 
 
 def test_train_example_with_and_without_deq_through_the_cli(example_plugin, tmp_path):
