@@ -199,10 +199,15 @@ class DEQConfig(BaseModel):
                 "needs at least 3 iterations and returns a zero gradient otherwise"
             )
         if self.f_solver != "anderson":
-            stray = sorted({"anderson_m", "anderson_lam"} & self.model_fields_set)
+            # values equal to the default are fine: a saved config round-trips every field
+            stray = sorted(
+                k
+                for k in ("anderson_m", "anderson_lam")
+                if getattr(self, k) != type(self).model_fields[k].default
+            )
             if stray:
                 raise ValueError(f"{', '.join(stray)} only apply to f_solver='anderson'")
-        if self.f_solver == "broyden" and "f_tau" in self.model_fields_set:
+        if self.f_solver == "broyden" and self.f_tau != type(self).model_fields["f_tau"].default:
             raise ValueError("f_tau (damping) does not apply to f_solver='broyden'")
         return self
 

@@ -1,5 +1,8 @@
 import os
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,3 +18,36 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 @pytest.fixture(params=DEVICES)
 def device(request) -> torch.device:
     return torch.device(request.param)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def example_plugin(tmp_path_factory):
+    """``pip install ./plugins/deqh-example`` into a private target dir on sys.path."""
+    target = tmp_path_factory.mktemp("site")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(ROOT / "plugins" / "deqh-example"),
+        ],
+        check=True,
+    )
+    sys.path.insert(0, str(target))
+    from deqh_core import plugins
+
+    plugins.reload_plugins()
+    yield target
+    sys.path.remove(str(target))
+    for name in [m for m in sys.modules if m.startswith("deqh_example")]:
+        del sys.modules[name]
+    plugins.reload_plugins()

@@ -19,34 +19,6 @@ from deqh_core.testing import check_backbone
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def example_plugin(tmp_path_factory):
-    """``pip install ./plugins/deqh-example`` into a private target dir on sys.path."""
-    target = tmp_path_factory.mktemp("site")
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(ROOT / "plugins" / "deqh-example"),
-        ],
-        check=True,
-    )
-    sys.path.insert(0, str(target))
-    plugins.reload_plugins()
-    yield target
-    sys.path.remove(str(target))
-    for name in [m for m in sys.modules if m.startswith("deqh_example")]:
-        del sys.modules[name]
-    plugins.reload_plugins()
-
-
 def _deqh(*args, site=None):
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
