@@ -5,6 +5,11 @@ function of the step alone; together with the saved model, optimiser, scheduler,
 states, a run killed and resumed (``resume=True``) ends exactly where a straight run does.
 Checkpoints ``last.pt`` (every validation) and ``best.pt`` (best validation H MAE) are written
 atomically; ``metrics.csv`` logs every ``log_every`` steps and every validation.
+
+Multi-GPU / multi-node: launch with ``torchrun --nproc_per_node N -m deqh_core train ...``. Each
+rank then trains on its own batches (every N-th batch of the epoch's order) under
+``DistributedDataParallel`` (NCCL on CUDA, gloo on CPU); rank 0 alone writes logs and
+checkpoints; every rank validates on the whole validation set.
 """
 
 from __future__ import annotations
@@ -138,10 +143,26 @@ class TrainResult:
     parameters: int
 
 
+def _distributed() -> tuple[int, int]:
+    """``(rank, world_size)``; joins the process group torchrun describes, if any."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
 class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
+        self.rank, self.world = _distributed()
         self.device = resolve_device(config.run.device)
+        if self.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(self.device)
         self.dtype = getattr(torch, config.run.dtype)
         torch.manual_seed(config.run.seed)
         path = config.data.path or BUNDLED
@@ -158,6 +179,12 @@ class Trainer:
             raise DeqhError(f"split {config.data.sizes!r} leaves no training or validation data")
         self.model = HamiltonianModel(config.model, self.layout, config.deq)
         self.model.to(self.device, self.dtype)
+        self.net = self.model
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
         o = config.optim
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay
@@ -176,7 +203,9 @@ class Trainer:
 
     # -- data ------------------------------------------------------------------------------
     def batches_per_epoch(self) -> int:
-        return math.ceil(len(self.train_set) / self.config.data.batch_size)
+        """Optimiser steps per epoch (with N ranks, N batches make one step)."""
+        batches = math.ceil(len(self.train_set) / self.config.data.batch_size)
+        return batches if self.world == 1 else max(batches // self.world, 1)
 
     def _epoch_batches(self, epoch: int) -> list[list[int]]:
         g = torch.Generator().manual_seed(self.config.run.seed * 100003 + epoch)
@@ -189,7 +218,8 @@ class Trainer:
         per_epoch = self.batches_per_epoch()
         epoch, skip = divmod(self.step, per_epoch)
         while True:
-            sampler = self._epoch_batches(epoch)[skip:]
+            batches = self._epoch_batches(epoch)[: per_epoch * self.world]
+            sampler = batches[skip * self.world :][self.rank :: self.world]
             loader = DataLoader(
                 self.train_set, batch_sampler=sampler, num_workers=self.config.data.num_workers
             )
@@ -262,19 +292,21 @@ class Trainer:
                 f"{self.out} already holds a run; pass --resume to continue it or choose "
                 "another --out (nothing was overwritten)"
             )
-        save_config(cfg, self.out / "config.yaml")
-        self.split.to_json(self.out / "split.json")
-        log = _CSVLog(self.out / "metrics.csv", keep_until=self.step)
+        lead = self.rank == 0
+        if lead:
+            save_config(cfg, self.out / "config.yaml")
+            self.split.to_json(self.out / "split.json")
+        log = _CSVLog(self.out / "metrics.csv", keep_until=self.step) if lead else None
         end = min(cfg.optim.max_steps, stop_at_step or cfg.optim.max_steps)
         deadline = time.time() + 60 * cfg.run.max_minutes if cfg.run.max_minutes else None
         self.model.train()
         metrics: dict[str, float] = {}
-        with _progress(cfg.run.progress, self.step, end) as bar:
+        with _progress(cfg.run.progress and lead, self.step, end) as bar:
             for batch in self._train_batches():
                 if self.step >= end or (deadline and time.time() > deadline):
                     break
                 batch = to_device(batch, self.device, self.dtype)
-                pred, diagnostics = self.model(batch)
+                pred, diagnostics = self.net(batch)
                 loss = hamiltonian_loss(pred, batch)
                 if not torch.isfinite(loss):
                     raise DeqhError(f"loss is {loss.item()} at step {self.step}; stopping")
@@ -289,7 +321,7 @@ class Trainer:
                 self.step += 1
                 if self.ema is not None and self.step > cfg.optim.ema_start_step:
                     self.ema.update_parameters(self.model)
-                if self.step % cfg.run.log_every == 0:
+                if lead and self.step % cfg.run.log_every == 0:
                     row = {
                         "step": self.step,
                         "split": "train",
@@ -306,8 +338,12 @@ class Trainer:
             metrics = self._validate_and_save(log)
         return TrainResult(self.step, self.best, metrics, self.out, n_parameters(self.model))
 
-    def _validate_and_save(self, log: _CSVLog) -> dict[str, float]:
+    def _validate_and_save(self, log: _CSVLog | None) -> dict[str, float]:
         metrics = {"step": self.step} | self.validate()
+        if log is None:  # not rank 0
+            if not self.best or metrics["mae_all"] < self.best["mae_all"]:
+                self.best = metrics
+            return metrics
         log.write({"split": "val"} | metrics)
         if not self.best or metrics["mae_all"] < self.best["mae_all"]:
             self.best = metrics
