@@ -14,10 +14,10 @@ import time
 
 import numpy as np
 import torch
-from torch_geometric.data import Batch, Data
+from torch_geometric.data import Batch
 
 from deqh_core.basis import AOLayout
-from deqh_core.blocks import all_pairs, assemble, block_tables, flatten, split
+from deqh_core.blocks import assemble, block_data, flatten, split
 from deqh_core.convention import convert
 
 
@@ -90,16 +90,7 @@ def main() -> None:
     t = time.perf_counter()
     items = []
     for z in zs:
-        slot_ao, slot_sign, n_ao = block_tables(layout, z)
-        items.append(
-            Data(
-                slot_ao=slot_ao,
-                slot_sign=slot_sign,
-                n_ao=torch.tensor([n_ao]),
-                pair_index=all_pairs(len(z)),
-                num_nodes=len(z),
-            )
-        )
+        items.append(block_data(layout, z))
     t_tables = (time.perf_counter() - t) / len(zs)
     batch = Batch.from_data_list(items)
     flat = flatten(mats)

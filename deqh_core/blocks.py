@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch_geometric.data import Data
 
 from deqh_core.basis import AOLayout
 
@@ -43,6 +44,21 @@ def block_tables(
     offset = np.cumsum(n_ao) - n_ao
     slot_ao = np.where(ao[z] >= 0, ao[z] + offset[:, None], -1)
     return torch.from_numpy(slot_ao), torch.from_numpy(sign[z]).to(torch.int8), int(n_ao.sum())
+
+
+def block_data(layout: AOLayout, atomic_numbers, convention: str = "pyscf", **fields) -> Data:
+    """A PyG ``Data`` of one molecule carrying its block tables (``slot_ao``, ``slot_sign``,
+    ``n_ao``, ``pair_index``) plus any ``fields``; batch several with ``Batch.from_data_list``."""
+    slot_ao, slot_sign, n_ao = block_tables(layout, atomic_numbers, convention)
+    n_atoms = slot_ao.shape[0]
+    return Data(
+        slot_ao=slot_ao,
+        slot_sign=slot_sign,
+        n_ao=torch.tensor([n_ao]),
+        pair_index=all_pairs(n_atoms),
+        num_nodes=n_atoms,
+        **fields,
+    )
 
 
 def all_pairs(n_atoms: int, device: torch.device | str | None = None) -> torch.Tensor:

@@ -40,6 +40,7 @@ from deqh_core.data.splits import (
 from deqh_core.errors import DeqhError
 from deqh_core.metrics import MAEAccumulator, hamiltonian_loss
 from deqh_core.model import HamiltonianModel, n_parameters
+from deqh_core.progress import progress_bar
 
 FLOAT_FIELDS = ("pos", "h_diag", "h_off", "s_diag", "s_off", "h0_diag", "h0_off")
 
@@ -389,44 +390,22 @@ class _CSVLog:
 
 
 class _progress:
-    """A rich progress bar showing loss and validation MAE (no-op when disabled)."""
+    """The training bar: loss and validation MAE (no-op when disabled)."""
 
     def __init__(self, enabled: bool, start: int, end: int):
-        self.enabled, self.start, self.end = enabled, start, end
+        self.bar = progress_bar("{task.fields[status]}", enabled)
+        self.task = self.bar.add_task("train", total=end, completed=start, status="")
 
     def __enter__(self):
-        if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.progress = Progress(
-                TextColumn("train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[status]}"),
-            )
-            self.progress.start()
-            self.task = self.progress.add_task(
-                "train", total=self.end, completed=self.start, status=""
-            )
+        self.bar.start()
         return self
 
     def update(self, loss: float, mae: float | None) -> None:
-        if self.enabled:
-            status = f"loss {loss:.2e}" + (f"  val MAE {mae:.2e} Ha" if mae is not None else "")
-            self.progress.update(self.task, advance=1, status=status)
+        status = f"loss {loss:.2e}" + (f"  val MAE {mae:.2e} Ha" if mae is not None else "")
+        self.bar.update(self.task, advance=1, status=status)
 
     def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.progress.stop()
+        self.bar.stop()
 
 
 def train(

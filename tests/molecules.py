@@ -2,22 +2,10 @@
 
 import numpy as np
 
-WATER = (
-    np.array([8, 1, 1]),
-    np.array([[0.0, 0.0, 0.117], [0.0, 0.757, -0.467], [0.0, -0.757, -0.467]]),
-)
-METHANOL = (
-    np.array([6, 8, 1, 1, 1, 1]),
-    np.array(
-        [
-            [-0.046, 0.663, 0.0],
-            [-0.046, -0.758, 0.0],
-            [-1.086, 0.975, 0.0],
-            [0.438, 1.079, 0.887],
-            [0.438, 1.079, -0.887],
-            [0.868, -1.086, 0.0],
-        ]
-    ),
+from deqh_core.testing import KIT_MOLECULES
+
+WATER, METHANOL = (
+    (np.array(z), np.array(pos)) for z, pos in (KIT_MOLECULES["water"], KIT_MOLECULES["methanol"])
 )
 AMMONIA = (
     np.array([7, 1, 1, 1]),

@@ -1,10 +1,16 @@
 import numpy as np
 import pytest
 import torch
-from torch_geometric.data import Batch, Data
+from torch_geometric.data import Batch
 
 from deqh_core.basis import AOLayout, mole
-from deqh_core.blocks import all_pairs, assemble, block_tables, flatten, split, unflatten
+from deqh_core.blocks import (
+    assemble,
+    block_data,
+    flatten,
+    split,
+    unflatten,
+)
 from deqh_core.convention import convert
 from tests.molecules import AMMONIA, CH3SCL, METHANOL, WATER
 
@@ -13,16 +19,7 @@ def _batch(molecules, basis, device, dtype):
     layout = AOLayout(basis, np.concatenate([z for z, _ in molecules]))
     items, mats = [], []
     for z, pos in molecules:
-        slot_ao, slot_sign, n_ao = block_tables(layout, z)
-        items.append(
-            Data(
-                slot_ao=slot_ao,
-                slot_sign=slot_sign,
-                n_ao=torch.tensor([n_ao]),
-                pair_index=all_pairs(len(z)),
-                num_nodes=len(z),
-            )
-        )
+        items.append(block_data(layout, z))
         mol = mole(z, pos, basis)
         h = mol.intor("int1e_kin") + mol.intor("int1e_nuc")  # a real, non-trivial matrix
         mats.append(torch.as_tensor(h, dtype=dtype, device=device))
@@ -92,14 +89,7 @@ def test_orca_tables_read_an_orca_matrix_into_the_same_blocks():
     s = torch.from_numpy(mol.intor("int1e_ovlp"))
 
     def blocks(matrix, convention):
-        slot_ao, slot_sign, n_ao = block_tables(layout, z, convention)
-        data = Data(
-            slot_ao=slot_ao,
-            slot_sign=slot_sign,
-            n_ao=torch.tensor([n_ao]),
-            pair_index=all_pairs(len(z)),
-            num_nodes=len(z),
-        )
+        data = block_data(layout, z, convention)
         return split(matrix.reshape(-1), data), data
 
     (ref_diag, ref_off), _ = blocks(s, "pyscf")

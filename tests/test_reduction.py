@@ -8,11 +8,11 @@ import pytest
 import torch
 from e3nn import o3
 from pyscf import dft, scf
-from torch_geometric.data import Batch, Data
+from torch_geometric.data import Batch
 
 from deqh_core import reduction
 from deqh_core.basis import AOLayout, mole
-from deqh_core.blocks import all_pairs, block_tables, split
+from deqh_core.blocks import block_data, split
 from deqh_core.convention import ao_permutation, model_rotation, to_model_frame
 from deqh_core.reduction import (
     AUX_SHELLS,
@@ -70,16 +70,7 @@ def _diag(molecules, basis, kind, layout=None):
     layout = layout or AOLayout(basis, np.concatenate([z for z, _ in molecules]))
     items, flat = [], []
     for z, pos in molecules:
-        slot_ao, slot_sign, n_ao = block_tables(layout, z)
-        items.append(
-            Data(
-                slot_ao=slot_ao,
-                slot_sign=slot_sign,
-                n_ao=torch.tensor([n_ao]),
-                pair_index=all_pairs(len(z)),
-                num_nodes=len(z),
-            )
-        )
+        items.append(block_data(layout, z))
         flat.append(torch.tensor(_matrices(z, pos, basis, kind)).reshape(-1))
     diag, _ = split(torch.cat(flat), Batch.from_data_list(items))
     return layout, diag, torch.from_numpy(np.concatenate([z for z, _ in molecules]))

@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from torch_geometric.data import Data
 
 from deqh_core.basis import AOLayout, mole
-from deqh_core.blocks import all_pairs, block_tables, split
+from deqh_core.blocks import block_data, split
 from deqh_core.data.store import MoleculeRecord
 from deqh_core.errors import DataError
 
@@ -49,9 +49,16 @@ def molecule_data(
     z = torch.as_tensor(record.atomic_numbers, dtype=torch.long)
     name = f"{where}molecule id {record.id}"
     try:
-        slot_ao, slot_sign, n_ao = block_tables(layout, z)
+        data = block_data(
+            layout,
+            z,
+            pos=torch.as_tensor(record.positions, dtype=dtype),
+            z=z,
+            mol_id=torch.tensor([record.id]),
+        )
     except Exception as err:
         raise DataError(f"{name}: {err}") from None
+    n_ao = int(data.n_ao)
     overlap = record.overlap
     if overlap is None:
         overlap = mole(record.atomic_numbers, record.positions, layout.basis).intor("int1e_ovlp")
@@ -65,16 +72,6 @@ def molecule_data(
             )
         if not np.isfinite(matrix).all():
             raise DataError(f"{name}: {what} contains NaN or inf")
-    data = Data(
-        z=z,
-        pos=torch.as_tensor(record.positions, dtype=dtype),
-        slot_ao=slot_ao,
-        slot_sign=slot_sign,
-        n_ao=torch.tensor([n_ao]),
-        pair_index=all_pairs(len(z)),
-        mol_id=torch.tensor([record.id]),
-        num_nodes=len(z),
-    )
     h = torch.as_tensor(record.hamiltonian, dtype=dtype).reshape(-1)
     data.h_diag, data.h_off = split(h, data)
     data.s_diag, data.s_off = split(torch.as_tensor(overlap, dtype=dtype).reshape(-1), data)

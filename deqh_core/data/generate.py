@@ -23,6 +23,7 @@ import numpy as np
 from deqh_core.data.store import HamiltonianDB, MoleculeRecord
 from deqh_core.data.xyz import read_xyz
 from deqh_core.errors import DataError
+from deqh_core.progress import progress_bar
 from deqh_core.recipe import Recipe
 
 # pyscf and deqh_core.basis (which pulls in e3nn/torch) are imported inside the functions that
@@ -233,7 +234,7 @@ def generate(
         done = db.done_ids()
         _check_same_tasks(db, [t for t in mine if t.id in done])
         todo = [t for t in mine if t.id not in done]
-        with _progress(progress) as bar:
+        with progress_bar("failed {task.fields[failed]}", progress) as bar:
             job = bar.add_task(f"labelling {Path(out_path).name}", total=len(todo), failed=0)
             for result in _results(todo, recipe, workers, store_overlap):
                 if isinstance(result, Failure):
@@ -310,26 +311,3 @@ def _init_worker() -> None:
     from pyscf import lib
 
     lib.num_threads(1)
-
-
-def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("failed {task.fields[failed]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
