@@ -200,7 +200,8 @@ def _check_mode(mode, solver, molecules, layout, deq_config, atol, seed) -> list
     if solver.capabilities.reads_h:
         ok = (
             diagnostics is not None
-            and diagnostics.nfe >= 1 and not diagnostics.failed
+            and diagnostics.nfe >= 1
+            and not diagnostics.failed
             and bool(torch.isfinite(ref.diag).all())
         )
         out.append(CheckResult(mode, "DEQ-wrappable", ok, f"{diagnostics}"))
