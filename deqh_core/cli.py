@@ -340,3 +340,20 @@ def train_command(
         )
     Console().print(table)
     Console().print(f"{result.parameters:,} parameters; checkpoints in {result.out}/")
+
+
+# -- DFT acceleration and convergence analyses (deqh_core.scf, deqh_core.analyze) -------------
+from deqh_core.analyze import analyze_app  # noqa: E402
+from deqh_core.scf import scf_command  # noqa: E402
+
+app.command("scf")(scf_command)
+app.add_typer(analyze_app, name="analyze")
+
+# -- evaluation, prediction and the ablation (deqh_core.evaluate, .predict, .ablate) -----------
+from deqh_core.ablate import ablate_command  # noqa: E402
+from deqh_core.evaluate import evaluate_command  # noqa: E402
+from deqh_core.predict import predict_command  # noqa: E402
+
+app.command("evaluate")(evaluate_command)
+app.command("predict")(predict_command)
+app.command("ablate")(ablate_command)

@@ -9,12 +9,8 @@ recomputing anything already in the file.
 from __future__ import annotations
 
 import difflib
-import multiprocessing
-import os
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +19,7 @@ import numpy as np
 from deqh_core.data.store import HamiltonianDB, MoleculeRecord
 from deqh_core.data.xyz import read_xyz
 from deqh_core.errors import DataError
+from deqh_core.parallel import map_unordered
 from deqh_core.progress import progress_bar
 from deqh_core.recipe import Recipe
 
@@ -267,47 +264,4 @@ def _results(
     todo: Sequence[Task], recipe: Recipe, workers: int, store_overlap: bool
 ) -> Iterator[MoleculeRecord | Failure]:
     """Labels of ``todo`` in completion order."""
-    if workers == 1:
-        for task in todo:
-            yield label(task, recipe, store_overlap)
-        return
-    # spawn, not fork: a forked child of a process that already ran OpenMP code can hang
-    ctx = multiprocessing.get_context("spawn")
-    with _single_threaded_children():
-        pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker)
-        try:
-            pending: set = set()
-            queue = iter(todo)
-            while True:
-                # a bounded number in flight, so finished matrices never pile up in memory
-                while len(pending) < 2 * workers and (task := next(queue, None)) is not None:
-                    pending.add(pool.submit(label, task, recipe, store_overlap))
-                if not pending:
-                    return
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    yield future.result()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
-@contextmanager
-def _single_threaded_children() -> Iterator[None]:
-    """Set the thread-count variables to 1 while worker processes are spawned (they inherit
-    them before numpy/pyscf load their BLAS and OpenMP runtimes)."""
-    saved = {k: os.environ.get(k) for k in _THREAD_VARS}
-    os.environ.update(dict.fromkeys(_THREAD_VARS, "1"))
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
-def _init_worker() -> None:
-    from pyscf import lib
-
-    lib.num_threads(1)
+    return map_unordered(label, ((task, recipe, store_overlap) for task in todo), workers)

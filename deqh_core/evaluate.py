@@ -1,0 +1,515 @@
+"""``deqh evaluate``: a trained checkpoint's metrics (paper A.8) on a split or another dataset.
+
+Python API::
+
+    from deqh_core.evaluate import evaluate_checkpoint, load_model
+
+    result = evaluate_checkpoint("runs/cpu-small/best.pt", split="test")
+    result.summary["h_mae_all"]           # Hartree; see deqh_core.metrics.SUMMARY_UNITS
+    result.write_json("eval.json"); result.write_csv("per_molecule.csv")
+
+    loaded = load_model("runs/cpu-small/best.pt")   # the model, rebuilt, in eval mode
+    blocks, diagnostics = loaded.model(batch)
+
+The model is rebuilt from the checkpoint's own config and ``describe`` (backbone, DEQ or not,
+overlap, hyperparameters, basis, elements), with the EMA weights when the run used EMA and had
+started averaging (exactly the weights its validation used). Heavy imports (torch, PySCF) happen
+inside the functions so that ``deqh --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from deqh_core.errors import DataError, DeqhError
+
+if TYPE_CHECKING:
+    import torch
+
+    from deqh_core.basis import AOLayout
+    from deqh_core.config import TrainConfig
+    from deqh_core.data.dataset import HamiltonianDataset
+    from deqh_core.metrics import MoleculeMetrics
+    from deqh_core.model import HamiltonianModel
+
+
+class SplitName(StrEnum):
+    train = "train"
+    val = "val"
+    test = "test"
+    all = "all"
+
+
+@dataclass
+class LoadedModel:
+    """A model rebuilt from a checkpoint, in eval mode, on ``device`` in the run's dtype."""
+
+    model: HamiltonianModel
+    config: TrainConfig
+    layout: AOLayout
+    checkpoint: dict  # the raw checkpoint (``step``, ``split``, ``describe``, ...)
+    path: Path
+    weights: str  # "ema" or "model"
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def describe(self) -> dict:
+        return self.checkpoint["describe"]
+
+    @property
+    def step(self) -> int:
+        return int(self.checkpoint.get("step", 0))
+
+
+def load_model(
+    checkpoint: str | Path,
+    device: str = "cpu",
+    ema: bool | None = None,
+    model: HamiltonianModel | None = None,
+) -> LoadedModel:
+    """Rebuild the model of a ``deqh train`` checkpoint (``last.pt`` / ``best.pt``).
+
+    Args:
+        checkpoint: the checkpoint file.
+        device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+        ema: use the EMA weights (``None``: when the run used EMA and averaging had started,
+            as its validation did; ``True`` with a run without EMA is an error).
+        model: an already built model of the checkpoint's ``describe`` (e.g. the trainer's
+            own, after training) to load the weights into instead of building one; it is
+            modified in place.
+
+    Raises:
+        CheckpointError: missing, corrupt or not loadable into the model its config describes
+            (e.g. the backbone's plugin changed its hyperparameters).
+        BackboneError: the checkpoint's backbone is not installed.
+    """
+    import torch
+
+    from deqh_core.basis import AOLayout
+    from deqh_core.config import ConfigError, load_config
+    from deqh_core.model import HamiltonianModel
+    from deqh_core.train import CheckpointError, load_checkpoint, resolve_device
+
+    path = Path(checkpoint)
+    state = load_checkpoint(path)
+    try:
+        config = load_config(None, None, state["config"])
+    except (ConfigError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: the checkpoint's config does not validate: {err}") from None
+    describe = state["describe"]
+    try:
+        layout = AOLayout(describe["basis"], describe["elements"])
+    except (KeyError, TypeError) as err:
+        raise CheckpointError(f"{path}: the checkpoint describes no AO layout ({err})") from None
+    target = resolve_device(device)
+    dtype = getattr(torch, config.run.dtype)
+    if model is None:
+        try:
+            model = HamiltonianModel(config.model, layout, config.deq)
+        except DeqhError as err:
+            raise type(err)(f"{path}: {err}") from None
+    if model.describe() != describe:
+        raise CheckpointError(
+            f"{path}: checkpoint is for {describe}, but its config builds {model.describe()} "
+            "(was the backbone's plugin changed?)"
+        )
+    started = state.get("ema") is not None and state.get("step", 0) > config.optim.ema_start_step
+    if ema and state.get("ema") is None:
+        raise CheckpointError(f"{path}: the run did not use EMA (optim.ema=false)")
+    use_ema = started if ema is None else bool(ema) and state.get("ema") is not None
+    weights = state["model"]
+    if use_ema:
+        prefix = "module."
+        weights = {k[len(prefix) :]: v for k, v in state["ema"].items() if k.startswith(prefix)}
+    model.to(target, dtype)  # before loading: float64 weights must not pass through float32
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise CheckpointError(
+            f"{path}: weights do not fit the model {describe['backbone']!r} "
+            f"({first[0] if first else err})"
+        ) from None
+    model.eval()
+    return LoadedModel(
+        model, config, layout, state, path, "ema" if use_ema else "model", target, dtype
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# data
+
+
+def _data_path(loaded: LoadedModel) -> Path:
+    from deqh_core.data.dataset import BUNDLED
+
+    return Path(loaded.config.data.path) if loaded.config.data.path else BUNDLED
+
+
+def _split_ids(loaded: LoadedModel, split: str) -> list[int]:
+    recorded = loaded.checkpoint.get("split")
+    if not isinstance(recorded, dict):
+        raise DataError(f"{loaded.path}: the checkpoint records no split; pass --data PATH")
+    if split == "all":
+        return [i for name in ("train", "val", "test") for i in recorded.get(name, [])]
+    ids = list(recorded.get(split, []))
+    if not ids:
+        sizes = {k: len(v) for k, v in recorded.items()}
+        raise DataError(
+            f"{loaded.path}: the run's {split} split is empty (split sizes {sizes}); "
+            "choose another --split"
+        )
+    return ids
+
+
+def evaluation_dataset(
+    loaded: LoadedModel, data: str | Path | None = None, split: str | None = None
+) -> tuple[HamiltonianDataset, str]:
+    """The molecules to evaluate and a label saying which.
+
+    Without ``data``: the checkpoint's own dataset, its recorded ``split`` (default ``test``).
+    With ``data``: every molecule of that file, or the recorded ``split``'s ids in it; the
+    file's basis and elements must fit the checkpoint's AO layout.
+    """
+    from deqh_core.data.dataset import HamiltonianDataset
+
+    layout = loaded.layout
+    if data is None:
+        path = _data_path(loaded)
+        if not path.exists():
+            raise DataError(f"{path}: the checkpoint's training data is missing; pass --data PATH")
+        split = split or "test"
+        ids = _split_ids(loaded, split)
+        return HamiltonianDataset(path, layout=layout, ids=ids), f"{path} (split: {split})"
+    path = Path(data)
+    if not path.exists():
+        raise DataError(f"{path}: no such dataset file")
+    try:
+        probe = HamiltonianDataset(path, basis=layout.basis)
+    except DataError as err:
+        raise DataError(
+            f"{err} (checkpoint {loaded.path} was trained on {layout.basis} labels)"
+        ) from None
+    from deqh_core.basis import symbol
+
+    extra = sorted(set(probe.layout.elements) - set(layout.elements))
+    if extra:
+        raise DataError(
+            f"{path}: element(s) {', '.join(symbol(z) for z in extra)} are not in the "
+            f"checkpoint's AO layout ({layout.basis}: "
+            f"{' '.join(symbol(z) for z in layout.elements)}); {loaded.path} cannot predict them"
+        )
+    if split is None or split == "all":
+        return HamiltonianDataset(path, layout=layout), f"{path} (all molecules)"
+    ids = _split_ids(loaded, split)
+    missing = sorted(set(ids) - set(probe.ids))
+    if missing:
+        raise DataError(
+            f"{path}: lacks {len(missing)} molecule id(s) of the checkpoint's {split} split "
+            f"(e.g. {missing[:5]}); is it the run's dataset?"
+        )
+    return HamiltonianDataset(path, layout=layout, ids=ids), f"{path} (split: {split})"
+
+
+def initial_guess_transform(loaded: LoadedModel, recipe: dict | None):
+    """The dataset transform a DEQ model started from a PySCF guess needs, else ``None``."""
+    if not loaded.config.model.deq or loaded.config.deq.init == "identity":
+        return None
+    from deqh_core.deq import InitialGuess
+    from deqh_core.recipe import Recipe
+
+    meta = {"basis": loaded.layout.basis, **(recipe or {})}  # missing fields: QH9's recipe
+    return InitialGuess(Recipe.from_meta(meta), loaded.config.deq.init)
+
+
+def run_recipe(loaded: LoadedModel) -> dict:
+    """The DFT recipe stored in the run's dataset file (``{}`` if it has none or is gone)."""
+    from deqh_core.data.md17 import open_source
+
+    path = _data_path(loaded)
+    if not path.is_file():
+        return {}
+    return dict(open_source(path, basis=loaded.layout.basis).recipe or {})
+
+
+class _Transformed:
+    """A dataset whose items pass through ``transform`` (a PyG-style per-item function)."""
+
+    def __init__(self, dataset, transform):
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        item = self.dataset[index]
+        return self.transform(item) if self.transform is not None else item
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation
+
+
+@dataclass
+class EvaluationResult:
+    """Summary (averages over molecules, units in ``deqh_core.metrics.SUMMARY_UNITS``) and
+    per-molecule metrics of one evaluation."""
+
+    summary: dict[str, float]
+    molecules: list[MoleculeMetrics]
+    checkpoint: str
+    data: str
+    weights: str
+    step: int
+    model: dict
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        from deqh_core.metrics import SUMMARY_UNITS
+
+        return {
+            "checkpoint": self.checkpoint,
+            "step": self.step,
+            "weights": self.weights,
+            "model": self.model,
+            "data": self.data,
+            "metrics": self.summary,
+            "units": SUMMARY_UNITS,
+            **self.extra,
+        }
+
+    def write_json(self, path: str | Path) -> Path:
+        """The summary and provenance as JSON (atomically)."""
+        return _atomic_write(Path(path), json.dumps(_finite(self.as_dict()), indent=2) + "\n")
+
+    def write_csv(self, path: str | Path) -> Path:
+        """One row per molecule (Hartree; ``psi_cos`` a fraction), atomically."""
+        import io
+
+        rows = [asdict(m) for m in self.molecules]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, list(rows[0]) if rows else ["mol_id"])
+        writer.writeheader()
+        writer.writerows(rows)
+        return _atomic_write(Path(path), buffer.getvalue())
+
+
+def _finite(value):
+    """JSON has no NaN: write ``null`` instead."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _atomic_write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def evaluate_model(
+    loaded: LoadedModel,
+    dataset,
+    batch_size: int | None = None,
+    charge: int = 0,
+    progress: bool = False,
+):
+    """Run ``loaded.model`` over ``dataset`` and accumulate the metrics.
+
+    Returns a :class:`~deqh_core.metrics.MetricsAccumulator`.
+    """
+    import torch
+    from torch_geometric.loader import DataLoader
+
+    from deqh_core.metrics import MetricsAccumulator
+    from deqh_core.train import to_device
+
+    size = batch_size or loaded.config.data.val_batch_size or loaded.config.data.batch_size
+    transform = initial_guess_transform(loaded, getattr(dataset, "recipe", None))
+    loader = DataLoader(_Transformed(dataset, transform), batch_size=size)
+    acc = MetricsAccumulator()
+    with torch.no_grad(), _Progress(progress, len(loader), "evaluate") as bar:
+        for batch in loader:
+            batch = to_device(batch, loaded.device, loaded.dtype)
+            pred, diagnostics = loaded.model(batch)
+            acc.update(pred, batch, diagnostics, charge)
+            bar.advance()
+    return acc
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str | Path | None = None,
+    split: str | None = None,
+    device: str = "cpu",
+    batch_size: int | None = None,
+    ema: bool | None = None,
+    progress: bool = False,
+    model: HamiltonianModel | None = None,
+) -> EvaluationResult:
+    """Metrics of a checkpoint on its recorded split (default ``test``) or on ``data``.
+
+    See :func:`evaluation_dataset` for what is evaluated and :func:`load_model` for the
+    weights (and ``model``). Raises a ``DeqhError`` subclass with a one-line message on bad
+    input.
+    """
+    loaded = load_model(checkpoint, device, ema, model)
+    dataset, label = evaluation_dataset(loaded, data, split)
+    charge = int((dataset.recipe or {}).get("charge", 0) or 0)
+    acc = evaluate_model(loaded, dataset, batch_size, charge, progress)
+    return EvaluationResult(
+        summary=acc.summary(),
+        molecules=acc.molecules,
+        checkpoint=str(loaded.path),
+        data=label,
+        weights=loaded.weights,
+        step=loaded.step,
+        model=loaded.describe,
+    )
+
+
+class _Progress:
+    """A rich progress bar on stderr (no-op when disabled)."""
+
+    def __init__(self, enabled: bool, total: int, label: str):
+        self.enabled, self.total, self.label = enabled, total, label
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            self.bar = Progress(
+                TextColumn(self.label),
+                BarColumn(),
+                MofNCompleteColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task(self.label, total=self.total)
+        return self
+
+    def advance(self) -> None:
+        if self.enabled:
+            self.bar.update(self.task, advance=1)
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.bar.stop()
+
+
+# ----------------------------------------------------------------------------------------------
+# presentation and the command
+
+
+def metrics_table(summary: dict[str, float], title: str):
+    """A rich table of a summary in the paper's units (1e-6 Hartree, percent)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("unit")
+
+    def micro(key: str) -> str:
+        value = summary.get(key, float("nan"))
+        return "-" if value != value else f"{value * 1e6:.2f}"
+
+    table.add_row("molecules", str(summary["n_molecules"]), "")
+    table.add_row("H MAE, all entries", micro("h_mae_all"), "1e-6 Ha")
+    table.add_row("H MAE, diagonal blocks", micro("h_mae_diag"), "1e-6 Ha")
+    table.add_row("H MAE, off-diagonal blocks", micro("h_mae_off"), "1e-6 Ha")
+    table.add_row("H MAE, all (entry-weighted)", micro("h_mae_all_entries"), "1e-6 Ha")
+    table.add_row("ε MAE, occupied orbitals", micro("eps_occ_mae"), "1e-6 Ha")
+    table.add_row("HOMO MAE", micro("homo_mae"), "1e-6 Ha")
+    table.add_row("LUMO MAE", micro("lumo_mae"), "1e-6 Ha")
+    table.add_row("gap MAE", micro("gap_mae"), "1e-6 Ha")
+    table.add_row("ψ cosine similarity, occupied", f"{summary['psi_cos'] * 100:.2f}", "%")
+    if "deq_nfe" in summary:
+        table.add_row("DEQ evaluations per batch", f"{summary['deq_nfe']:.1f}", "")
+        table.add_row("DEQ nstep (mean)", f"{summary['deq_nstep']:.1f}", "")
+        table.add_row("DEQ final residual (mean)", f"{summary['deq_residual_mean']:.2e}", "Ha")
+        table.add_row("DEQ final residual (max)", f"{summary['deq_residual_max']:.2e}", "Ha")
+        table.add_row("DEQ converged", f"{summary['deq_converged'] * 100:.0f}", "%")
+    return table
+
+
+def default_json_path(checkpoint: Path, data: Path | None, split: str | None) -> Path:
+    tag = split or ("all" if data else "test")
+    if data is not None:
+        tag = f"{Path(data).stem}-{tag}"
+    return checkpoint.parent / f"eval-{checkpoint.stem}-{tag}.json"
+
+
+def evaluate_command(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="Checkpoint of deqh train (best.pt or last.pt).", dir_okay=False)
+    ],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="Evaluate on this dataset file instead (all molecules, or --split's ids).",
+            dir_okay=False,
+        ),
+    ] = None,
+    split: Annotated[
+        SplitName | None,
+        typer.Option(help="Split recorded in the checkpoint (default: test; all with --data)."),
+    ] = None,
+    json_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--json",
+            help="Summary JSON (default: eval-<checkpoint>-<split>.json next to the checkpoint).",
+            dir_okay=False,
+        ),
+    ] = None,
+    csv_out: Annotated[
+        Path | None,
+        typer.Option("--csv", help="Also write per-molecule metrics here.", dir_okay=False),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Molecules per batch (default: the run's).")
+    ] = None,
+    ema: Annotated[
+        bool | None,
+        typer.Option("--ema/--no-ema", help="EMA weights (default: when the run used EMA)."),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
+) -> None:
+    """Evaluate a checkpoint: H MAE, orbital energies, HOMO/LUMO/gap, orbital similarity."""
+    from rich.console import Console
+
+    split_name = split.value if split is not None else None
+    result = evaluate_checkpoint(
+        checkpoint, data, split_name, device, batch_size, ema=ema, progress=progress
+    )
+    json_path = json_out or default_json_path(checkpoint, data, split_name)
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    title = f"deqh evaluate: {result.model['backbone']}{' --deq' if result.model['deq'] else ''}"
+    title += f"{' +S' if result.model['overlap'] else ''} (step {result.step}, {result.weights})"
+    console.print(metrics_table(result.summary, title))
+    console.print(f"data: {result.data}", markup=False)
+    result.write_json(json_path)
+    console.print(f"summary written to {json_path}", markup=False)
+    if csv_out is not None:
+        result.write_csv(csv_out)
+        console.print(f"per-molecule metrics written to {csv_out}", markup=False)

@@ -1,0 +1,790 @@
+"""DFT acceleration: start PySCF's SCF from a predicted Hamiltonian (paper Table 3, A.8-A.9).
+
+For each molecule the predicted Fock/Kohn-Sham matrix ``H`` (``[n_ao, n_ao]``, PySCF AO order,
+Hartree) gives a closed-shell density (occupied orbitals of ``H C = S C eps``), and PySCF's SCF
+with the dataset's recipe starts from it. The same SCF is also started from PySCF's own guesses
+(``minao``, ``1e``). With ``N_g`` the cycles from guess ``g`` and ``N_p`` from the prediction, the
+QH9 ratios are (QH9 paper; ``divelab/AIRS`` ``test_dft_acceleration.py``):
+
+* optimal ratio ``1 / N_g``: what a perfect prediction would achieve (one cycle);
+* achieved ratio ``N_p / N_g`` (lower is better);
+* error-level ratio ``n_g / N_g``, where ``n_g`` is the first cycle at which the guess-started
+  SCF's Fock matrix is as close to the reference as the prediction is (mean absolute error over
+  the full matrix); higher is better: the prediction is worth that fraction of the run.
+
+A cycle is one pass of PySCF's SCF loop (Fock build + diagonalisation), counted by a callback,
+so the count equals PySCF's ``mf.cycles`` (QH9's script records the callback's 0-based
+``cycle`` index instead, i.e. one less; see docs/scf-acceleration.md). The reference is the label
+for dataset molecules and the converged Fock matrix of the prediction-started SCF for molecules
+without one.
+
+:func:`commutator_error` is the label-free check of a prediction: the DIIS error
+``F D S - S D F`` of the density that ``H`` implies.
+
+torch (and the model) are imported inside functions: worker processes import this module, and
+so does ``deqh --help``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from deqh_core.errors import DataError, DeqhError
+from deqh_core.parallel import map_unordered
+from deqh_core.recipe import Recipe
+
+GUESSES = ("minao", "1e")
+"""PySCF initial guesses the prediction is compared with (Table 3's "DFT initialization")."""
+
+
+# ----------------------------------------------------------------------------------------------
+# densities and the label-free check
+
+
+def density_from_hamiltonian(
+    hamiltonian: np.ndarray, overlap: np.ndarray, n_electrons: int
+) -> np.ndarray:
+    """Closed-shell aufbau density ``D = 2 C_occ C_occᵀ`` (``[n_ao, n_ao]``) of the generalised
+    eigenproblem ``H C = S C eps``; ``H`` is symmetrised first (a prediction may not be exactly
+    symmetric). ``n_electrons`` must be even."""
+    import scipy.linalg
+
+    if n_electrons % 2:
+        raise DataError(f"{n_electrons} electrons: only closed-shell densities are supported")
+    h = np.asarray(hamiltonian, dtype=np.float64)
+    if not np.isfinite(h).all():
+        raise DataError("the Hamiltonian contains NaN or inf")
+    _, c = scipy.linalg.eigh((h + h.T) / 2, overlap)
+    occ = c[:, : n_electrons // 2]
+    return 2.0 * occ @ occ.T
+
+
+@dataclass(frozen=True)
+class CommutatorError:
+    """DIIS error ``E = F D S - S D F`` of a Hamiltonian ``H``'s density ``D`` (Hartree).
+
+    ``F = F[D]`` is the recipe's Fock matrix of ``D``; ``E = 0`` exactly when ``D`` is
+    self-consistent. (With ``F = H`` itself ``E`` vanishes for *any* symmetric ``H``, because
+    ``D`` is built from ``H``'s own eigenvectors, so it would say nothing.)
+
+    Attributes:
+        frobenius: ``||E||_F``.
+        max_abs: ``max |E_ij|`` (PySCF's DIIS and ``conv_tol_grad`` look at this scale).
+        fock_change: ``max |F[D] - H|``: how far one Fock build moves ``H``.
+    """
+
+    frobenius: float
+    max_abs: float
+    fock_change: float
+
+
+def commutator_error(
+    hamiltonian: np.ndarray,
+    atomic_numbers: Sequence[int],
+    positions: np.ndarray,
+    recipe: Recipe | None = None,
+) -> CommutatorError:
+    """Label-free quality of a predicted ``H`` (``[n_ao, n_ao]``, PySCF order, Hartree) for the
+    molecule ``(atomic_numbers [n], positions [n, 3] Å)``: the commutator of the recipe's Fock
+    matrix of ``H``'s density with that density (see :class:`CommutatorError`). Costs one Fock
+    build with the recipe (grid, J/K, XC), about one SCF cycle."""
+    recipe = recipe or Recipe()
+    mf = recipe.rks(_mole(recipe, atomic_numbers, positions))
+    return _commutator(np.asarray(hamiltonian, dtype=np.float64), mf)
+
+
+def _commutator(h: np.ndarray, mf) -> CommutatorError:
+    s = mf.get_ovlp()
+    d = density_from_hamiltonian(h, s, mf.mol.nelectron)
+    f = mf.get_fock(dm=d)
+    e = f @ d @ s
+    e = e - e.T  # S D F = (F D S)ᵀ for symmetric F, D, S
+    return CommutatorError(
+        frobenius=float(np.linalg.norm(e)),
+        max_abs=float(np.abs(e).max()),
+        fock_change=float(np.abs(f - (h + h.T) / 2).max()),
+    )
+
+
+def _mole(recipe: Recipe, atomic_numbers, positions):
+    if recipe.spin != 0:
+        raise DataError(f"spin={recipe.spin}: only closed-shell (spin=0) SCF is supported")
+    try:
+        return recipe.mole(atomic_numbers, positions)
+    except RuntimeError as err:
+        raise DataError(f"PySCF cannot build the molecule ({err})") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# one SCF run
+
+
+@dataclass
+class SCFRun:
+    """One SCF run from one start.
+
+    Attributes:
+        start: ``"prediction"``, ``"minao"`` or ``"1e"``.
+        converged: PySCF's verdict.
+        cycles: SCF cycles run (callback calls; equals PySCF's ``mf.cycles``).
+        energy: final total energy, Hartree.
+        seconds: wall time of building the start density plus the SCF, on one thread.
+        error_cycle: first cycle (1-based) whose Fock matrix has a mean absolute error against
+            the reference ``<=`` the error level; None if never (or without a reference).
+        mae_trace: that error at every cycle, Hartree (empty without a reference).
+        error: what went wrong if the run could not be made (then ``converged`` is False).
+    """
+
+    start: str
+    converged: bool
+    cycles: int
+    energy: float
+    seconds: float
+    error_cycle: int | None = None
+    mae_trace: list[float] = field(default_factory=list)
+    error: str | None = None
+
+
+def run_scf(
+    recipe: Recipe,
+    mol,
+    start: str | np.ndarray,
+    reference: np.ndarray | None = None,
+    error_level: float | None = None,
+) -> tuple[SCFRun, np.ndarray | None]:
+    """Run the recipe's RKS on ``mol`` from ``start``: a PySCF guess name (``"minao"``, ``"1e"``,
+    ...) or a Hamiltonian ``[n_ao, n_ao]`` (PySCF order, Hartree) whose density starts the run.
+
+    With a ``reference`` matrix every cycle's Fock matrix (the one PySCF rebuilds from the new
+    density, before DIIS) is compared with it; ``error_level`` (Hartree) sets
+    :attr:`SCFRun.error_cycle`. Returns the run and the converged Fock matrix (None if the SCF
+    could not start).
+    """
+    name = start if isinstance(start, str) else "prediction"
+    mf = recipe.rks(mol)
+    run = SCFRun(start=name, converged=False, cycles=0, energy=math.nan, seconds=0.0)
+
+    def count(envs: dict[str, Any]) -> None:
+        run.cycles += 1
+        if reference is not None:
+            mae = float(np.abs(envs["fock"] - reference).mean())
+            run.mae_trace.append(mae)
+            if run.error_cycle is None and error_level is not None and mae <= error_level:
+                run.error_cycle = run.cycles
+
+    mf.callback = count
+    t0 = time.perf_counter()
+    try:
+        if isinstance(start, str):
+            dm0 = mf.get_init_guess(key=start)
+        else:
+            dm0 = density_from_hamiltonian(start, mf.get_ovlp(), mol.nelectron)
+        mf.kernel(dm0=dm0)
+    except MemoryError:
+        raise
+    except Exception as err:  # a singular overlap, a NaN prediction, ...
+        run.seconds = time.perf_counter() - t0
+        run.error = f"{type(err).__name__}: {err}"
+        return run, None
+    run.seconds = time.perf_counter() - t0
+    run.converged, run.energy = bool(mf.converged), float(mf.e_tot)
+    return run, np.asarray(mf.get_fock(), dtype=np.float64)  # no DIIS, at the final density
+
+
+# ----------------------------------------------------------------------------------------------
+# one molecule
+
+
+@dataclass
+class SCFTask:
+    """One molecule to test: geometry, predicted ``H`` and (optionally) its label.
+
+    ``prediction`` and ``label`` are ``[n_ao, n_ao]`` in PySCF AO order, Hartree;
+    ``predict_seconds`` is the model's inference time for this molecule.
+    """
+
+    name: str
+    atomic_numbers: np.ndarray  # [n_atoms]
+    positions: np.ndarray  # [n_atoms, 3], Å
+    prediction: np.ndarray
+    label: np.ndarray | None = None
+    predict_seconds: float = 0.0
+
+
+@dataclass
+class MoleculeSCF:
+    """Result for one molecule: the prediction-started run and one run per guess.
+
+    Attributes:
+        reference: ``"label"`` or ``"scf"`` (the prediction-started SCF's converged Fock matrix).
+        h_mae: mean absolute error of the prediction against the reference (the error level).
+        label_mae: the converged Fock matrix against the label (how well the recipe reproduces
+            the labels; ~0 when they were made with it). None without a label.
+    """
+
+    name: str
+    n_atoms: int
+    n_ao: int
+    reference: str
+    h_mae: float
+    label_mae: float | None
+    commutator: CommutatorError | None
+    predict_seconds: float
+    prediction: SCFRun
+    guesses: dict[str, SCFRun]
+
+    def optimal_ratio(self, guess: str) -> float:
+        return _ratio(1, self.guesses[guess])
+
+    def achieved_ratio(self, guess: str) -> float:
+        if self.prediction.error is not None:
+            return math.nan
+        return _ratio(self.prediction.cycles, self.guesses[guess])
+
+    def error_level_ratio(self, guess: str) -> float:
+        run = self.guesses[guess]
+        return math.nan if run.error_cycle is None else _ratio(run.error_cycle, run)
+
+    def time_saved(self, guess: str) -> float:
+        """Seconds saved against ``guess``, model inference included."""
+        cost = self.prediction.seconds + self.predict_seconds
+        return self.guesses[guess].seconds - cost
+
+    def energy_difference(self, guess: str) -> float:
+        """``|E(prediction) - E(guess)|``, Hartree; NaN unless both converged."""
+        run = self.guesses[guess]
+        if not (run.converged and self.prediction.converged):
+            return math.nan
+        return abs(self.prediction.energy - run.energy)
+
+    def row(self) -> dict[str, Any]:
+        """Flat CSV row."""
+        c = self.commutator
+        p = self.prediction
+        row: dict[str, Any] = {
+            "name": self.name,
+            "n_atoms": self.n_atoms,
+            "n_ao": self.n_ao,
+            "reference": self.reference,
+            "h_mae": self.h_mae,
+            "label_mae": self.label_mae,
+            "commutator_fro": c.frobenius if c else None,
+            "commutator_max": c.max_abs if c else None,
+            "predict_s": self.predict_seconds,
+            "pred_cycles": p.cycles,
+            "pred_converged": p.converged,
+            "pred_energy": p.energy,
+            "pred_s": p.seconds,
+            "pred_error": p.error,
+        }
+        for g, run in self.guesses.items():
+            row |= {
+                f"{g}_cycles": run.cycles,
+                f"{g}_converged": run.converged,
+                f"{g}_energy": run.energy,
+                f"{g}_s": run.seconds,
+                f"{g}_error_cycle": run.error_cycle,
+                f"{g}_optimal_ratio": self.optimal_ratio(g),
+                f"{g}_achieved_ratio": self.achieved_ratio(g),
+                f"{g}_error_level_ratio": self.error_level_ratio(g),
+                f"{g}_time_saved_s": self.time_saved(g),
+                f"{g}_energy_diff": self.energy_difference(g),
+            }
+        return row
+
+
+def _ratio(cycles: int, run: SCFRun) -> float:
+    return cycles / run.cycles if run.cycles and run.error is None else math.nan
+
+
+def accelerate(
+    task: SCFTask,
+    recipe: Recipe | None = None,
+    guesses: Sequence[str] = GUESSES,
+    commutator: bool = True,
+) -> MoleculeSCF:
+    """All SCF runs of one molecule: from the prediction, then from each guess.
+
+    The reference is ``task.label`` when given, else the prediction-started run's converged
+    Fock matrix; the error level is the prediction's mean absolute error against it (over the
+    full matrix, Hartree). ``commutator=False`` skips :func:`commutator_error` (one Fock build).
+    """
+    recipe = recipe or Recipe()
+    mol = _mole(recipe, task.atomic_numbers, task.positions)
+    pred = np.asarray(task.prediction, dtype=np.float64)
+    if pred.shape != (mol.nao, mol.nao):
+        raise DataError(
+            f"{task.name}: prediction is {pred.shape[0]}x{pred.shape[1]} but the molecule has "
+            f"{mol.nao} AOs in {recipe.basis}"
+        )
+    comm = None
+    if commutator and np.isfinite(pred).all():
+        comm = _commutator(pred, recipe.rks(mol))
+    if task.label is not None:
+        reference = np.asarray(task.label, dtype=np.float64)
+        level = float(np.abs(pred - reference).mean())
+        p_run, p_fock = run_scf(recipe, mol, pred, reference, level)
+    else:
+        p_run, p_fock = run_scf(recipe, mol, pred)
+        reference = p_fock if p_run.converged else None
+        level = float(np.abs(pred - reference).mean()) if reference is not None else math.nan
+    runs = {g: run_scf(recipe, mol, g, reference, level)[0] for g in guesses}
+    label_mae = None
+    if task.label is not None and p_fock is not None:
+        label_mae = float(np.abs(p_fock - task.label).mean())
+    return MoleculeSCF(
+        name=task.name,
+        n_atoms=len(task.atomic_numbers),
+        n_ao=int(mol.nao),
+        reference="label" if task.label is not None else "scf",
+        h_mae=level,
+        label_mae=label_mae,
+        commutator=comm,
+        predict_seconds=task.predict_seconds,
+        prediction=p_run,
+        guesses=runs,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# many molecules
+
+
+def run_acceleration(
+    tasks: Sequence[SCFTask],
+    recipe: Recipe | None = None,
+    guesses: Sequence[str] = GUESSES,
+    workers: int = 1,
+    progress: bool = True,
+    commutator: bool = True,
+) -> list[MoleculeSCF]:
+    """:func:`accelerate` every task, ``workers`` processes in parallel (one thread each, so
+    timings are comparable); results in task order."""
+    recipe = recipe or Recipe()
+    if workers < 1:
+        raise DeqhError(f"workers must be >= 1, got {workers}")
+    results: list[MoleculeSCF | None] = [None] * len(tasks)
+    with _progress(progress) as bar:
+        job = bar.add_task("SCF from prediction and guesses", total=len(tasks))
+        for index, result in _results(tasks, recipe, tuple(guesses), workers, commutator):
+            results[index] = result
+            bar.update(job, advance=1)
+    return [r for r in results if r is not None]
+
+
+def _indexed(index: int, *args) -> tuple[int, MoleculeSCF]:
+    return index, accelerate(*args)
+
+
+def _results(tasks, recipe, guesses, workers, commutator) -> Iterator[tuple[int, MoleculeSCF]]:
+    jobs = ((i, task, recipe, guesses, commutator) for i, task in enumerate(tasks))
+    return map_unordered(_indexed, jobs, workers)
+
+
+def _stats(values: Sequence[float]) -> dict[str, float | int]:
+    x = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return {"mean": math.nan, "std": math.nan, "n": 0}
+    return {"mean": float(x.mean()), "std": float(x.std()), "n": len(x)}
+
+
+def summarize(results: Sequence[MoleculeSCF]) -> dict[str, Any]:
+    """Mean, standard deviation (population, as QH9 reports) and count of every ratio per guess,
+    plus the prediction's error, the commutator, convergence and the largest energy
+    difference. NaN entries (an undefined error-level ratio, a failed run) are left out of the
+    statistics and show as a smaller ``n``. JSON-serialisable."""
+    if not results:
+        raise DeqhError("no molecules to summarise")
+    guesses = list(results[0].guesses)
+    out: dict[str, Any] = {
+        "molecules": len(results),
+        "reference": sorted({r.reference for r in results}),
+        "h_mae": _stats([r.h_mae for r in results]),
+        "commutator_max": _stats([r.commutator.max_abs for r in results if r.commutator]),
+        "commutator_fro": _stats([r.commutator.frobenius for r in results if r.commutator]),
+        "predict_s": _stats([r.predict_seconds for r in results]),
+        "prediction": {
+            "cycles": _stats([r.prediction.cycles for r in results]),
+            "converged": sum(r.prediction.converged for r in results),
+            "seconds": _stats([r.prediction.seconds for r in results]),
+        },
+        "guesses": {},
+    }
+    energy_diffs = []
+    for g in guesses:
+        diffs = [r.energy_difference(g) for r in results]
+        energy_diffs += diffs
+        out["guesses"][g] = {
+            "cycles": _stats([r.guesses[g].cycles for r in results]),
+            "converged": sum(r.guesses[g].converged for r in results),
+            "seconds": _stats([r.guesses[g].seconds for r in results]),
+            "optimal_ratio": _stats([r.optimal_ratio(g) for r in results]),
+            "achieved_ratio": _stats([r.achieved_ratio(g) for r in results]),
+            "error_level_ratio": _stats([r.error_level_ratio(g) for r in results]),
+            "time_saved_s": _stats([r.time_saved(g) for r in results]),
+            "energy_diff_max": _nanmax(diffs),
+        }
+    out["energy_diff_max"] = _nanmax(energy_diffs)
+    return out
+
+
+def _nanmax(values: Sequence[float]) -> float:
+    x = np.asarray(values, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    return float(x.max()) if len(x) else math.nan
+
+
+def _pm(stat: dict, digits: int = 3) -> str:
+    if not stat["n"]:
+        return "n/a"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def markdown_table(summary: dict[str, Any], model: str = "model") -> str:
+    """The summary as a Markdown table shaped like the paper's Table 3 (one model column)."""
+    lines = [
+        f"| DFT initialization | Metric | {model} |",
+        "|---|---|---|",
+    ]
+    n = summary["molecules"]
+    for g, s in summary["guesses"].items():
+        rows = [
+            ("Optimal ratio", _pm(s["optimal_ratio"])),
+            ("Achieved ratio ↓", _pm(s["achieved_ratio"])),
+            ("Error-level ratio ↑", _pm(s["error_level_ratio"])),
+            ("SCF cycles from guess", _pm(s["cycles"], 1)),
+            ("Wall time saved, s", _pm(s["time_saved_s"], 2)),
+        ]
+        if s["error_level_ratio"]["n"] < n:
+            rows[2] = (rows[2][0], f"{rows[2][1]} (defined for {s['error_level_ratio']['n']}/{n})")
+        for k, (metric, value) in enumerate(rows):
+            lines.append(f"| {g if k == 0 else ''} | {metric} | {value} |")
+    p = summary["prediction"]
+    lines += [
+        f"| prediction | SCF cycles | {_pm(p['cycles'], 1)} |",
+        f"| | H MAE, 1e-6 Ha | {_scaled(summary['h_mae'], 1e6)} |",
+        f"| | commutator max, Ha | {_sci(summary['commutator_max'])} |",
+        f"| | max \\|ΔE\\| vs guesses, Ha | {summary['energy_diff_max']:.1e} |",
+    ]
+    caption = (
+        f"\n{n} molecules; mean ± std; reference for the error level: "
+        f"{', '.join(summary['reference'])}.\n"
+    )
+    return "\n".join(lines) + caption
+
+
+def _sci(stat: dict) -> str:
+    return f"{stat['mean']:.1e} ± {stat['std']:.1e}" if stat["n"] else "n/a"
+
+
+def _scaled(stat: dict, factor: float) -> str:
+    if not stat["n"]:
+        return "n/a"
+    return f"{stat['mean'] * factor:.1f} ± {stat['std'] * factor:.1f}"
+
+
+def write_report(
+    results: Sequence[MoleculeSCF], out: str | Path, model: str = "model"
+) -> dict[str, Path]:
+    """Write ``scf.csv`` (one row per molecule), ``scf_summary.json`` and ``scf_table.md`` into
+    ``out``; returns their paths and the summary under ``"summary"``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [r.row() for r in results]
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    paths = {"csv": out / "scf.csv", "json": out / "scf_summary.json", "md": out / "scf_table.md"}
+    with paths["csv"].open("w", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = summarize(results)
+    molecules = [
+        {**asdict(r), "commutator": asdict(r.commutator) if r.commutator else None} for r in results
+    ]
+    payload = {"model": model, "summary": summary, "molecules": molecules}
+    paths["json"].write_text(json.dumps(_jsonable(payload), indent=1) + "\n")
+    paths["md"].write_text(markdown_table(summary, model))
+    return paths | {"summary": summary}
+
+
+def _jsonable(value):
+    """NaN/inf -> None (strict JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _progress(enabled: bool):
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# a trained model as a predictor of full matrices
+
+
+class Predictor:
+    """A checkpoint's model predicting full Hamiltonians (PySCF order, Hartree), one molecule at
+    a time.
+
+    The model is rebuilt by :func:`deqh_core.evaluate.load_model` (the weights the run validated
+    with: EMA once averaging had started). ``recipe`` (settable later) is needed only for a DEQ
+    that starts from a PySCF guess (``deq.init`` ``"minao"``/``"1e"``).
+
+    Attributes:
+        loaded: the ``LoadedModel`` (model in eval mode, config, layout, raw checkpoint).
+        model, config, layout, device, dtype, step: shortcuts into ``loaded``.
+        data_path: the run's dataset file.
+        name: a label such as ``"tfn-mini (DEQ)"``.
+    """
+
+    def __init__(self, checkpoint: str | Path, device: str = "cpu", recipe: Recipe | None = None):
+        from deqh_core.data.dataset import BUNDLED
+        from deqh_core.evaluate import load_model
+
+        self.loaded = load_model(checkpoint, device=device)
+        self.path = Path(checkpoint)
+        self.model, self.config, self.layout = (
+            self.loaded.model,
+            self.loaded.config,
+            self.loaded.layout,
+        )
+        self.device, self.dtype, self.step = self.loaded.device, self.loaded.dtype, self.loaded.step
+        self.data_path = Path(self.config.data.path) if self.config.data.path else BUNDLED
+        describe = self.loaded.describe
+        self.name = f"{describe['backbone']}{' (DEQ)' if describe['deq'] else ''}"
+        self.recipe = recipe
+
+    def item(self, atomic_numbers: np.ndarray, positions: np.ndarray, label=None):
+        """The PyG item of a molecule (``label`` ``[n_ao, n_ao]`` PySCF order, or None), with
+        the initial-guess blocks a guess-started DEQ needs."""
+        z = np.asarray(atomic_numbers, dtype=np.int64)
+        pos = np.asarray(positions, dtype=np.float64)
+        if label is None:
+            from deqh_core.predict import structure_item
+
+            item = structure_item(z, pos, self.layout)
+        else:
+            from deqh_core.data.dataset import molecule_data
+            from deqh_core.data.store import MoleculeRecord
+
+            item = molecule_data(MoleculeRecord(0, z, pos, label), self.layout)
+        init = self.config.deq.init if self.config.model.deq else "identity"
+        if init == "identity":
+            return item
+        from deqh_core.deq import InitialGuess
+
+        if self.recipe is None:
+            raise DeqhError(f"this DEQ starts from PySCF's {init!r} guess: set Predictor.recipe")
+        return InitialGuess(self.recipe, init)(item)
+
+    def batch(self, item):
+        from torch_geometric.data import Batch
+
+        from deqh_core.train import to_device
+
+        return to_device(Batch.from_data_list([item]), self.device, self.dtype)
+
+    def predict(self, item) -> tuple[np.ndarray, float, Any]:
+        """``(H [n_ao, n_ao] float64 PySCF order, seconds, DEQDiagnostics | None)``."""
+        import torch
+
+        from deqh_core.blocks import assemble
+
+        batch = self.batch(item)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            pred, diagnostics = self.model(batch)
+            flat = assemble(pred.diag, pred.off, batch)
+        seconds = time.perf_counter() - t0
+        n = int(batch.n_ao.reshape(-1)[0])
+        h = flat.view(n, n).double().cpu().numpy()
+        return (h + h.T) / 2, seconds, diagnostics
+
+    def dataset_recipe(self, data_path: str | Path | None = None) -> Recipe:
+        """The recipe stored in the dataset (default: the run's); the default recipe in the
+        model's basis if the file records none (raw QH9) or is not there (a moved checkpoint)."""
+        path = Path(data_path or self.data_path)
+        if not path.is_file():
+            return Recipe(basis=self.layout.basis)
+        return dataset_recipe(path, self.layout.basis)
+
+
+def dataset_recipe(path: str | Path, basis: str) -> Recipe:
+    """The DFT recipe of a dataset file, or the default recipe in ``basis`` if it has none."""
+    from deqh_core.data.md17 import open_source
+
+    meta = open_source(Path(path), basis=basis).recipe or {}
+    if meta.get("xc"):
+        return Recipe.from_meta(meta)
+    return Recipe(basis=basis)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI
+
+
+def select_records(
+    predictor: Predictor, data: Path | None, split: str | None, limit: int | None
+) -> tuple[list, str]:
+    """Records (labels in PySCF order) chosen as ``deqh evaluate`` chooses them
+    (:func:`deqh_core.evaluate.evaluation_dataset`: the run's ``split``, default ``test``, of
+    its own dataset or of ``data``; ``"all"`` or no split for another file: all molecules), the
+    first ``limit`` of them; plus a note on what was chosen."""
+    from deqh_core.evaluate import evaluation_dataset
+
+    dataset, note = evaluation_dataset(predictor.loaded, data, split)
+    records = list(dataset.records())[:limit]
+    return records, f"{note}: {len(records)} molecule(s)"
+
+
+def scf_command(
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(
+            metavar="CHECKPOINT", help="Checkpoint of a run (best.pt / last.pt).", dir_okay=False
+        ),
+    ],
+    xyz: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            metavar="[MOLECULE.xyz]...",
+            help="Molecules without labels (every frame of each file); default: a dataset.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Dataset file (default: the run's own).", exists=True, dir_okay=False),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="train, val, test or all (default: test; all for another --data)."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Use the first N molecules.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Processes, one molecule each.")] = 1,
+    out: Annotated[
+        Path | None, typer.Option(help="Output directory (default: <run>/scf).", file_okay=False)
+    ] = None,
+    guess: Annotated[
+        list[str] | None,
+        typer.Option(help="PySCF guess to compare with (repeatable; default minao and 1e)."),
+    ] = None,
+    xc: Annotated[str | None, typer.Option(help="Override the recipe's functional.")] = None,
+    basis: Annotated[
+        str | None, typer.Option(help="Recipe basis if the dataset has none (= model's).")
+    ] = None,
+    grid_level: Annotated[
+        int | None, typer.Option(help="Override the recipe's DFT grid level.")
+    ] = None,
+    max_cycle: Annotated[
+        int | None, typer.Option(min=1, help="Override the recipe's SCF cycle limit.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="Device of the model.")] = "cpu",
+    progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
+) -> None:
+    """Start PySCF's SCF from predicted Hamiltonians and report the cycles saved (Table 3).
+
+    For each molecule: SCF from the prediction's density, from PySCF's minao and 1e guesses;
+    optimal / achieved / error-level ratios, wall time saved, energy agreement and the
+    prediction's commutator error. Writes scf.csv, scf_summary.json and scf_table.md.
+    """
+    from rich.console import Console
+
+    from deqh_core.data.xyz import read_xyz
+
+    guesses = tuple(guess or GUESSES)
+    for g in guesses:
+        if g not in ("minao", "1e", "atom", "huckel", "sap", "vsap"):
+            raise DataError(f"--guess {g!r}: use minao, 1e, atom, huckel, sap or vsap")
+    if split not in (None, "train", "val", "test", "all"):
+        raise DataError(f"--split {split!r}: use train, val, test or all")
+    predictor = Predictor(checkpoint, device=device)
+    if basis is not None and basis.lower() != predictor.layout.basis.lower():
+        raise DataError(f"--basis {basis!r}: the model predicts in {predictor.layout.basis!r}")
+    base = predictor.dataset_recipe(data)
+    recipe = _override(base, xc=xc, grid_level=grid_level, max_cycle=max_cycle)
+    predictor.recipe = recipe
+    console = Console(stderr=True, highlight=False, markup=False)
+    molecules: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]] = []
+    if xyz:
+        if data is not None:
+            raise DataError("give either molecule .xyz files or --data, not both")
+        frames = [(f"{p.name}#{k}", fr) for p in xyz for k, fr in enumerate(read_xyz(p))]
+        for name, fr in frames[:limit]:
+            molecules.append((name, fr.atomic_numbers, fr.positions, None))
+        console.print(f"{len(molecules)} molecule(s) from xyz; reference: SCF from the prediction")
+    else:
+        records, note = select_records(predictor, data, split, limit)
+        same = recipe == base
+        for r in records:
+            label = r.hamiltonian if same else None
+            molecules.append((f"{r.id}:{r.source or ''}", r.atomic_numbers, r.positions, label))
+        console.print(note)
+        if not same:
+            console.print("recipe overridden: labels do not apply; reference: SCF from prediction")
+    if molecules:  # a warm-up pass, so that the first molecule's time is not the model's setup
+        predictor.predict(predictor.item(*molecules[0][1:3]))
+    tasks = []
+    for name, z, pos, label in molecules:
+        h, seconds, _ = predictor.predict(predictor.item(z, pos))
+        tasks.append(SCFTask(name, z, pos, h, label, seconds))
+    if not tasks:
+        raise DataError("no molecules to run")
+    console.print(
+        f"recipe: {recipe.xc}/{recipe.basis}, grid {recipe.grid_level}, conv_tol "
+        f"{recipe.conv_tol:g}; guesses: {', '.join(guesses)}; {workers} worker(s)"
+    )
+    results = run_acceleration(tasks, recipe, guesses, workers=workers, progress=progress)
+    out = out or checkpoint.parent / "scf"
+    paths = write_report(results, out, predictor.name)
+    Console(highlight=False, markup=False).print(paths["md"].read_text())
+    Console(highlight=False, markup=False).print(
+        f"wrote {paths['csv']}, {paths['json']}, {paths['md']}"
+    )
+
+
+def _override(recipe: Recipe, **changes) -> Recipe:
+    from pydantic import ValidationError
+
+    changes = {k: v for k, v in changes.items() if v is not None}
+    try:
+        return Recipe(**(recipe.model_dump() | changes))
+    except ValidationError as err:
+        msgs = [
+            f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in err.errors()
+        ]
+        raise DataError("; ".join(msgs)) from None
