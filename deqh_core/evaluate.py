@@ -338,18 +338,19 @@ def evaluate_model(
     from torch_geometric.loader import DataLoader
 
     from deqh_core.metrics import MetricsAccumulator
+    from deqh_core.progress import tracked
     from deqh_core.train import to_device
 
     size = batch_size or loaded.config.data.val_batch_size or loaded.config.data.batch_size
     transform = initial_guess_transform(loaded, getattr(dataset, "recipe", None))
     loader = DataLoader(_Transformed(dataset, transform), batch_size=size)
     acc = MetricsAccumulator()
-    with torch.no_grad(), _Progress(progress, len(loader), "evaluate") as bar:
+    with torch.no_grad(), tracked("evaluate", len(loader), progress) as advance:
         for batch in loader:
             batch = to_device(batch, loaded.device, loaded.dtype)
             pred, diagnostics = loaded.model(batch)
             acc.update(pred, batch, diagnostics, charge)
-            bar.advance()
+            advance()
     return acc
 
 
@@ -382,37 +383,6 @@ def evaluate_checkpoint(
         step=loaded.step,
         model=loaded.describe,
     )
-
-
-class _Progress:
-    """A rich progress bar on stderr (no-op when disabled)."""
-
-    def __init__(self, enabled: bool, total: int, label: str):
-        self.enabled, self.total, self.label = enabled, total, label
-
-    def __enter__(self):
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-            self.bar = Progress(
-                TextColumn(self.label),
-                BarColumn(),
-                MofNCompleteColumn(),
-                console=Console(stderr=True),
-                transient=True,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task(self.label, total=self.total)
-        return self
-
-    def advance(self) -> None:
-        if self.enabled:
-            self.bar.update(self.task, advance=1)
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.bar.stop()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -213,8 +213,9 @@ def predict_frames(
 
     from deqh_core.blocks import assemble, unflatten
     from deqh_core.data.check import orbital_energies
-    from deqh_core.evaluate import _Progress, initial_guess_transform, run_recipe
+    from deqh_core.evaluate import initial_guess_transform, run_recipe
     from deqh_core.metrics import n_occupied
+    from deqh_core.progress import tracked
     from deqh_core.train import to_device
 
     transform = None
@@ -228,7 +229,7 @@ def predict_frames(
             raise DataError(f"{path}: frame {i}: {err}") from None
     results: list[Prediction] = []
     starts = range(0, len(frames), batch_size)
-    with torch.no_grad(), _Progress(progress, len(starts), "predict") as bar:
+    with torch.no_grad(), tracked("predict", len(starts), progress) as advance:
         for start in starts:
             chunk = frames[start : start + batch_size]
             items = []
@@ -266,7 +267,7 @@ def predict_frames(
                         ),
                     )
                 )
-            bar.advance()
+            advance()
     return results
 
 

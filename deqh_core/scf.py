@@ -41,6 +41,7 @@ import typer
 
 from deqh_core.errors import DataError, DeqhError
 from deqh_core.parallel import map_unordered
+from deqh_core.progress import tracked
 from deqh_core.recipe import Recipe
 
 GUESSES = ("minao", "1e")
@@ -374,11 +375,10 @@ def run_acceleration(
     if workers < 1:
         raise DeqhError(f"workers must be >= 1, got {workers}")
     results: list[MoleculeSCF | None] = [None] * len(tasks)
-    with _progress(progress) as bar:
-        job = bar.add_task("SCF from prediction and guesses", total=len(tasks))
+    with tracked("SCF from prediction and guesses", len(tasks), progress) as advance:
         for index, result in _results(tasks, recipe, tuple(guesses), workers, commutator):
             results[index] = result
-            bar.update(job, advance=1)
+            advance()
     return [r for r in results if r is not None]
 
 
@@ -527,28 +527,6 @@ def _jsonable(value):
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
-
-
-def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
 
 
 # ----------------------------------------------------------------------------------------------

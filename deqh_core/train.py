@@ -40,7 +40,7 @@ from deqh_core.data.splits import (
 from deqh_core.errors import DeqhError
 from deqh_core.metrics import MAEAccumulator, hamiltonian_loss
 from deqh_core.model import HamiltonianModel, n_parameters
-from deqh_core.progress import progress_bar
+from deqh_core.progress import tracked
 
 FLOAT_FIELDS = ("pos", "h_diag", "h_off", "s_diag", "s_off", "h0_diag", "h0_off")
 
@@ -302,7 +302,13 @@ class Trainer:
         deadline = time.time() + 60 * cfg.run.max_minutes if cfg.run.max_minutes else None
         self.model.train()
         metrics: dict[str, float] = {}
-        with _progress(cfg.run.progress and lead, self.step, end) as bar:
+        with tracked(
+            "train",
+            end - self.step,
+            cfg.run.progress and lead,
+            status="{task.fields[status_text]}",
+            status_text="",
+        ) as advance:
             for batch in self._train_batches():
                 if self.step >= end or (deadline and time.time() > deadline):
                     break
@@ -334,7 +340,9 @@ class Trainer:
                     log.write(row)
                 if self.step % cfg.run.val_every == 0 or self.step == end:
                     metrics = self._validate_and_save(log)
-                bar.update(loss.item(), metrics.get("mae_all"))
+                mae = metrics.get("mae_all")
+                status = f"loss {loss.item():.2e}" + (f"  val MAE {mae:.2e} Ha" if mae else "")
+                advance(text=status)
         if not metrics or metrics.get("step") != self.step:
             metrics = self._validate_and_save(log)
         return TrainResult(self.step, self.best, metrics, self.out, n_parameters(self.model))
@@ -387,25 +395,6 @@ class _CSVLog:
         }
         with self.path.open("a", newline="") as f:
             csv.DictWriter(f, self.FIELDS).writerow(row)
-
-
-class _progress:
-    """The training bar: loss and validation MAE (no-op when disabled)."""
-
-    def __init__(self, enabled: bool, start: int, end: int):
-        self.bar = progress_bar("{task.fields[status]}", enabled)
-        self.task = self.bar.add_task("train", total=end, completed=start, status="")
-
-    def __enter__(self):
-        self.bar.start()
-        return self
-
-    def update(self, loss: float, mae: float | None) -> None:
-        status = f"loss {loss:.2e}" + (f"  val MAE {mae:.2e} Ha" if mae is not None else "")
-        self.bar.update(self.task, advance=1, status=status)
-
-    def __exit__(self, *exc) -> None:
-        self.bar.stop()
 
 
 def train(

@@ -20,7 +20,7 @@ from deqh_core.data.store import HamiltonianDB, MoleculeRecord
 from deqh_core.data.xyz import read_xyz
 from deqh_core.errors import DataError
 from deqh_core.parallel import map_unordered
-from deqh_core.progress import progress_bar
+from deqh_core.progress import tracked
 from deqh_core.recipe import Recipe
 
 # pyscf and deqh_core.basis (which pulls in e3nn/torch) are imported inside the functions that
@@ -231,8 +231,14 @@ def generate(
         done = db.done_ids()
         _check_same_tasks(db, [t for t in mine if t.id in done])
         todo = [t for t in mine if t.id not in done]
-        with progress_bar("failed {task.fields[failed]}", progress) as bar:
-            job = bar.add_task(f"labelling {Path(out_path).name}", total=len(todo), failed=0)
+        label_bar = tracked(
+            f"labelling {Path(out_path).name}",
+            len(todo),
+            progress,
+            status="failed {task.fields[failed]}",
+            failed=0,
+        )
+        with label_bar as advance:
             for result in _results(todo, recipe, workers, store_overlap):
                 if isinstance(result, Failure):
                     db.record_failure(result.id, result.source, result.reason, result.n_cycles)
@@ -240,7 +246,7 @@ def generate(
                 else:
                     db.write(result)
                     written += 1
-                bar.update(job, advance=1, failed=failed)
+                advance(failed=failed)
     return Summary(written=written, failed=failed, skipped=len(mine) - len(todo))
 
 
