@@ -583,6 +583,18 @@ class InitialGuess:
             raise DEQSetupError(f"initial guess kind must be 'minao' or '1e', not {kind!r}")
         self.recipe, self.kind, self.dtype = recipe, kind, dtype
 
+    @classmethod
+    def for_run(cls, config, basis: str, recipe: dict | None) -> InitialGuess | None:
+        """The transform a run's DEQ start needs (``config``: a ``TrainConfig``), else None.
+
+        ``recipe`` is the dataset's recipe; missing fields default to QH9's.
+        """
+        if not config.model.deq or config.deq.init == "identity":
+            return None
+        from deqh_core.recipe import Recipe
+
+        return cls(Recipe.from_meta({"basis": basis, **(recipe or {})}), config.deq.init)
+
     def __repr__(self) -> str:
         return f"InitialGuess({self.kind!r}, xc={self.recipe.xc!r}, basis={self.recipe.basis!r})"
 

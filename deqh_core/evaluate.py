@@ -223,13 +223,9 @@ def evaluation_dataset(
 
 def initial_guess_transform(loaded: LoadedModel, recipe: dict | None):
     """The dataset transform a DEQ model started from a PySCF guess needs, else ``None``."""
-    if not loaded.config.model.deq or loaded.config.deq.init == "identity":
-        return None
     from deqh_core.deq import InitialGuess
-    from deqh_core.recipe import Recipe
 
-    meta = {"basis": loaded.layout.basis, **(recipe or {})}  # missing fields: QH9's recipe
-    return InitialGuess(Recipe.from_meta(meta), loaded.config.deq.init)
+    return InitialGuess.for_run(loaded.config, loaded.layout.basis, recipe)
 
 
 def run_recipe(loaded: LoadedModel) -> dict:

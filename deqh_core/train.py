@@ -37,6 +37,7 @@ from deqh_core.data.splits import (
     size_ood_split,
     within_group_split,
 )
+from deqh_core.deq import InitialGuess
 from deqh_core.errors import DeqhError
 from deqh_core.metrics import MAEAccumulator, hamiltonian_loss
 from deqh_core.model import HamiltonianModel, n_parameters
@@ -170,12 +171,15 @@ class Trainer:
         dataset = HamiltonianDataset(path, basis=config.data.basis, cache=config.data.cache)
         self.split = make_split(dataset, config.data)
         self.layout = dataset.layout
-        self.train_set = HamiltonianDataset(
-            path, layout=self.layout, ids=self.split.train, cache=config.data.cache
-        )
-        self.val_set = HamiltonianDataset(
-            path, layout=self.layout, ids=self.split.val, cache=config.data.cache
-        )
+        # a DEQ started from a PySCF guess needs the guess on every item (computed once, cached)
+        guess = InitialGuess.for_run(config, self.layout.basis, dataset.recipe)
+        sets = [
+            HamiltonianDataset(
+                path, layout=self.layout, ids=ids, cache=config.data.cache, transform=guess
+            )
+            for ids in (self.split.train, self.split.val)
+        ]
+        self.train_set, self.val_set = sets
         if not len(self.train_set) or not len(self.val_set):
             raise DeqhError(f"split {config.data.sizes!r} leaves no training or validation data")
         self.model = HamiltonianModel(config.model, self.layout, config.deq)

@@ -89,3 +89,15 @@ def test_cli_bad_input_exits_nonzero_and_writes_nothing(tmp_path):
     result = runner.invoke(app, ["train", "--set", "optim.lrr=1", "--out", str(tmp_path / "r")])
     assert result.exit_code == 1 and "optim.lrr" in result.output
     assert not (tmp_path / "run").exists() and not (tmp_path / "r").exists()
+
+
+def test_deq_started_from_the_pyscf_core_hamiltonian(example_plugin, tmp_path):
+    """deq.init=1e: the trainer puts PySCF's guess on every item and the DEQ starts there."""
+    cfg = _config(tmp_path / "guess").model_copy(
+        update={"deq": _config(tmp_path).deq.model_copy(update={"init": "1e"})}
+    )
+    trainer = Trainer(cfg)
+    item = trainer.train_set[0]
+    assert item.h0_kind == "1e" and item.h0_diag.shape == item.h_diag.shape
+    result = trainer.fit(stop_at_step=2)
+    assert result.step == 2 and result.last["deq_nfe"] >= 1

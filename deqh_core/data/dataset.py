@@ -88,6 +88,8 @@ class HamiltonianDataset(Dataset):
         layout: AO layout to use, e.g. a model's; default: the basis over the file's elements.
         ids: restrict to these molecule ids (a split), in this order.
         cache: keep built items in memory (for small datasets).
+        transform: applied to every built item (before caching), e.g.
+            :class:`deqh_core.deq.InitialGuess`.
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class HamiltonianDataset(Dataset):
         ids: list[int] | None = None,
         dtype: torch.dtype = torch.float64,
         cache: bool = False,
+        transform=None,
     ):
         from deqh_core.data.md17 import open_source
 
@@ -118,6 +121,7 @@ class HamiltonianDataset(Dataset):
             raise DataError(f"{self.path}: layout is for {layout.basis!r}, data for {basis!r}")
         self.layout = layout
         self.dtype = dtype
+        self.transform = transform
         self._basis = basis
         self._cache: dict[int, Data] | None = {} if cache else None
         self._reader, self._pid = reader, os.getpid()
@@ -139,6 +143,8 @@ class HamiltonianDataset(Dataset):
         if self._cache is not None and mol_id in self._cache:
             return self._cache[mol_id]
         data = molecule_data(self.reader.get(mol_id), self.layout, self.dtype, f"{self.path}: ")
+        if self.transform is not None:
+            data = self.transform(data)
         if self._cache is not None:
             self._cache[mol_id] = data
         return data
