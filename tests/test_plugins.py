@@ -4,7 +4,6 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,9 +13,8 @@ from deqh_core import plugins
 from deqh_core.backbone import BackboneError, BackboneSpec
 from deqh_core.cli import app
 from deqh_core.hookspecs import hookimpl
+from deqh_core.solver import Capabilities
 from deqh_core.testing import check_backbone
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _deqh(*args, site=None):
@@ -144,7 +142,8 @@ def test_the_kit_catches_a_backbone_that_breaks_the_symmetries(example_plugin):
             diag = out.diag + x * torch.ones_like(out.diag).triu()  # and not symmetric
             return Blocks(diag, out.off)
 
-    spec = BackboneSpec("broken", "test", TFNMiniConfig, Broken)
+    # predictor mode only: enough to catch it, and quick
+    spec = BackboneSpec("broken", "test", TFNMiniConfig, Broken, Capabilities(False, False))
     results = check_backbone(spec, raise_on_failure=False)
     failed = {r.check for r in results if not r.passed}
     assert {
