@@ -8,8 +8,26 @@ from __future__ import annotations
 
 from deqh_core.backbone import BackboneSpec
 from deqh_core.hookspecs import hookimpl
+from deqh_core.solver import Capabilities
+
+
+def _qhnet(config, layout, node_irreps):
+    from deqh_backbones.qhnet import QHNet  # e3nn model code is imported only when built
+
+    return QHNet(config, layout, node_irreps)
 
 
 @hookimpl
 def deqh_backbones() -> list[BackboneSpec]:
-    return []  # QHNet / DEQHNet land here (issue: backbones)
+    from deqh_backbones.qhnet.config import QHNetConfig
+
+    return [
+        BackboneSpec(
+            name="qhnet",
+            description="QHNet, an O(3)-equivariant Hamiltonian predictor; with --deq the "
+            "DEQHNet solver (attention filter over H and S features, paper Fig. 2)",
+            config=QHNetConfig,
+            factory=_qhnet,
+            capabilities=Capabilities(reads_h=True, reads_s=True),
+        )
+    ]

@@ -1,0 +1,65 @@
+"""Output heads: interaction features -> AO blocks by tensor expansion (paper eq. 14, Fig. 2f-g).
+
+As in QHNet, the map from the bottleneck features to the expansion coefficients is a linear
+layer whose weights (and scalar biases) are produced from the elements involved: the atom's
+embedding for an on-site block, both embeddings for a pair block. The coefficients become a
+block through the core's :class:`~deqh_core.expansion.BlockExpansion` (Clebsch-Gordan, one
+matmul).
+"""
+
+from __future__ import annotations
+
+import torch
+from deqh_backbones.qhnet.linear import EquivariantLinear
+from e3nn import o3
+from torch import nn
+
+from deqh_core.expansion import BlockExpansion
+
+
+class ExpansionHead(nn.Module):
+    """``features [N, irreps_in.dim]`` + per-row head weights -> blocks ``[N, A, A]``.
+
+    ``weights(condition [N, cond_dim])`` gives the element-dependent weights and biases (it
+    reads the structure only, so a DEQ computes it once per batch); ``forward(features,
+    weights)`` applies them.
+
+    Args:
+        irreps_in: irreps of the bottleneck features.
+        expansion: the layout's block expansion (may be shared between heads).
+        cond_dim: size of the conditioning vector (element embeddings).
+        hidden: hidden width of the weight MLPs.
+    """
+
+    def __init__(self, irreps_in: o3.Irreps, expansion: BlockExpansion, cond_dim: int, hidden: int):
+        super().__init__()
+        self.expansion = expansion
+        irreps_out = expansion.irreps
+        missing = {ir for _, ir in irreps_out} - {ir for _, ir in o3.Irreps(irreps_in)}
+        if missing:
+            raise ValueError(f"head input {irreps_in} lacks the block irreps {sorted(missing)}")
+        self.linear = EquivariantLinear(irreps_in, irreps_out, shared_weights=False)
+        scalar = [
+            i
+            for (mul, ir), sl in zip(irreps_out, irreps_out.slices())
+            if ir == o3.Irrep("0e")
+            for i in range(sl.start, sl.stop)
+        ]
+        self.register_buffer("scalar_slots", torch.tensor(scalar, dtype=torch.long))
+        self.weight_net = nn.Sequential(
+            nn.Linear(cond_dim, hidden), nn.SiLU(), nn.Linear(hidden, self.linear.weight_numel)
+        )
+        self.bias_net = nn.Sequential(
+            nn.Linear(cond_dim, hidden), nn.SiLU(), nn.Linear(hidden, len(scalar))
+        )
+
+    def weights(self, condition: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``([N, weight_numel], [N, n_scalar_outputs])`` from ``condition [N, cond_dim]``."""
+        return self.weight_net(condition), self.bias_net(condition)
+
+    def forward(
+        self, features: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        weight, bias = weights
+        coefficients = self.linear(features, weight).index_add(1, self.scalar_slots, bias)
+        return self.expansion(coefficients)

@@ -1,0 +1,318 @@
+"""QHNet / DEQHNet backbone: fused primitives against e3nn, the conformance kit in every mode,
+O(3) parity, reuse of the injection under a DEQ, and short overfits on real water labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from deqh_backbones.qhnet import QHNet, QHNetConfig
+from deqh_backbones.qhnet.attention import TransBlock
+from deqh_backbones.qhnet.conv import ConvNetLayer
+from deqh_backbones.qhnet.gates import ScalarGate
+from deqh_backbones.qhnet.linear import EquivariantLinear
+from deqh_backbones.qhnet.tensor_products import ChannelTensorProduct, SphericalTensorProduct
+from e3nn import o3
+from e3nn.nn import Gate
+from torch_geometric.data import Batch
+
+from deqh_core.backbone import BackboneError, ReducedSolver
+from deqh_core.basis import AOLayout, mole
+from deqh_core.config import ModelConfig
+from deqh_core.data.dataset import HamiltonianDataset, molecule_data
+from deqh_core.data.store import MoleculeRecord
+from deqh_core.deq import DEQConfig, DEQHamiltonianSolver
+from deqh_core.metrics import hamiltonian_loss
+from deqh_core.model import HamiltonianModel
+from deqh_core.plugins import get_backbone
+from deqh_core.testing import KIT_MOLECULES, check_backbone
+
+SMALL = dict(
+    l_max=2,
+    channels=8,
+    bottleneck=4,
+    layers=2,
+    interaction_layers=1,
+    num_rbf=8,
+    radial_hidden=8,
+    filter_irreps="8x0e+4x1o+4x2e",
+    filter_channels=4,
+    attention_heads=2,
+    filter_radial_hidden=8,
+)
+LAYOUT = AOLayout("def2-svp", [1, 6, 8])
+FIXED = DEQConfig(f_solver="fixed_point_iter", f_max_iter=3, b_max_iter=3, f_tol=1e-30)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: a second thread only adds synchronisation (and on a busy
+    machine, much waiting)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def float64():
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def _item(name: str, transform=None, mol_id: int = 0):
+    """A kit molecule with PySCF's core Hamiltonian as label (float64)."""
+    z, pos = KIT_MOLECULES[name]
+    pos = np.asarray(pos, dtype=float) if transform is None else transform(np.asarray(pos))
+    mol = mole(z, pos, LAYOUT.basis)
+    hcore = mol.intor("int1e_kin") + mol.intor("int1e_nuc")
+    record = MoleculeRecord(mol_id, np.asarray(z), pos, hcore, mol.intor("int1e_ovlp"))
+    return molecule_data(record, LAYOUT)
+
+
+# ---------------------------------------------------------------------------------------------
+# fused primitives = e3nn's
+
+
+def _same_with_gradients(mine, reference, *inputs) -> None:
+    """Equal outputs and equal gradients (for a random cotangent) with respect to ``inputs``."""
+    out, expected = mine(), reference()
+    torch.testing.assert_close(out, expected)
+    cotangent = torch.randn_like(out)
+    grads = torch.autograd.grad(out, inputs, cotangent)
+    expected_grads = torch.autograd.grad(expected, inputs, cotangent)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("irreps_in", ["3x0e+3x1o+3x2e", "3x0e", "4x0e+2x1o+2x2e"])
+def test_spherical_tensor_product_is_e3nn_uvu(float64, irreps_in):
+    irreps_in, sh = o3.Irreps(irreps_in), o3.Irreps.spherical_harmonics(3)
+    keep = [o3.Irrep(ir) for ir in ("0e", "1o", "2e")]
+    mine = SphericalTensorProduct(irreps_in, sh, keep)
+    # the same products as e3nn instructions, and our weights in e3nn's order
+    instructions, order, k = [], [], 0
+    starts = np.cumsum([0, *mine.weight_sizes])
+    for mul, _, _, outputs in mine.groups:
+        members = [i for i, (m, _) in enumerate(irreps_in) if m == mul]
+        for _, n_paths in outputs:
+            ir_out = mine.irreps_out[k].ir
+            paths = [
+                (i, j)
+                for i in members
+                for j, (_, y) in enumerate(sh)
+                if ir_out in irreps_in[i].ir * y
+            ]
+            for p, (i, j) in enumerate(paths):
+                instructions.append((i, j, k, "uvu", True))
+                order += [int(starts[k]) + c * n_paths + p for c in range(mul)]
+            k += 1
+    ref = o3.TensorProduct(
+        irreps_in, sh, mine.irreps_out, instructions, shared_weights=False, internal_weights=False
+    )
+    x = torch.randn(7, irreps_in.dim, requires_grad=True)
+    w = torch.randn(7, mine.weight_numel, requires_grad=True)
+    y = o3.spherical_harmonics(sh, torch.randn(7, 3), True, normalization="component")
+    _same_with_gradients(
+        lambda: mine(x, mine.basis(y), w), lambda: ref(x, y, w[:, torch.tensor(order)]), x, w
+    )
+
+
+def test_channel_tensor_product_is_e3nn_uuu(float64):
+    irreps_in = o3.Irreps("3x0e+3x1o+3x2e+3x3o")
+    mine = ChannelTensorProduct(irreps_in, o3.Irreps("3x0e+3x1o+3x2e+3x1e+3x2o"))
+    types = [ir for _, ir in mine.irreps_out]
+    instructions = [
+        (i, j, types.index(ir), "uuu", True)
+        for i, (_, a) in enumerate(irreps_in)
+        for j, (_, b) in enumerate(irreps_in)
+        for ir in types
+        if ir in a * b
+    ]
+    ref = o3.TensorProduct(
+        irreps_in,
+        irreps_in,
+        mine.irreps_out,
+        instructions,
+        shared_weights=False,
+        internal_weights=False,
+    )
+    x1, x2 = (torch.randn(5, irreps_in.dim, requires_grad=True) for _ in range(2))
+    w = torch.randn(5, mine.weight_numel, requires_grad=True)
+    w_e3nn = w.view(5, 3, -1).transpose(1, 2).reshape(5, -1)
+    _same_with_gradients(lambda: mine(x1, x2, w), lambda: ref(x1, x2, w_e3nn), x1, x2, w)
+
+
+@pytest.mark.parametrize(
+    ("irreps_in", "irreps_out"),
+    [("4x0e+3x1o+2x2e", "5x0e+2x1o+3x2e"), ("4x0e+3x1o+2x0e+2x2e", "5x0e+2x1o+1x0e+2x3o")],
+)
+def test_linear_is_e3nn_linear(float64, irreps_in, irreps_out):
+    a, b = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
+    ref, mine = o3.Linear(a, b, biases=True), EquivariantLinear(a, b, biases=True)
+    blocks, offset = {}, 0
+    with torch.no_grad():
+        for ins in ref.instructions:
+            if ins.i_in == -1:  # e3nn lists the biases as instructions too
+                continue
+            size = a[ins.i_in].mul * b[ins.i_out].mul
+            w = ref.weight[offset : offset + size].view(a[ins.i_in].mul, b[ins.i_out].mul)
+            offset += size
+            ir = a[ins.i_in].ir
+            ins_in = [i for i, (_, r) in enumerate(a) if r == ir]
+            ins_out = [k for k, (_, r) in enumerate(b) if r == ir]
+            row = sum(a[i].mul for i in ins_in[: ins_in.index(ins.i_in)])
+            col = sum(b[k].mul for k in ins_out[: ins_out.index(ins.i_out)])
+            block = blocks.setdefault(
+                ir, torch.zeros(sum(a[i].mul for i in ins_in), sum(b[k].mul for k in ins_out))
+            )
+            block[row : row + w.shape[0], col : col + w.shape[1]] = w
+        mine.weight.copy_(torch.cat([blocks[a[p[0][0]].ir].reshape(-1) for p in mine.paths]))
+        mine.bias.normal_()
+        ref.bias.copy_(mine.bias)
+    x = torch.randn(6, a.dim)
+    torch.testing.assert_close(mine(x), ref(x))
+
+
+def test_scalar_gate_is_e3nn_gate(float64):
+    scalars, gated = o3.Irreps("4x0e"), o3.Irreps("3x1o+2x2e")
+    ref = Gate(scalars, [torch.nn.functional.silu], "5x0e", [torch.sigmoid], gated)
+    x = torch.randn(6, ref.irreps_in.dim)
+    torch.testing.assert_close(ScalarGate(scalars, gated)(x), ref(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# the backbone
+
+
+def test_registered_with_capabilities():
+    spec = get_backbone("qhnet")
+    assert spec.capabilities.reads_h and spec.capabilities.reads_s
+    assert spec.config is QHNetConfig
+
+
+def test_config_defaults_are_the_papers_and_unknown_keys_fail():
+    c = QHNetConfig()
+    assert (c.l_max, c.channels, c.bottleneck, c.layers, c.cutoff) == (4, 128, 32, 5, 15.0)
+    with pytest.raises(ValueError):
+        QHNetConfig(chanels=4)
+    with pytest.raises(ValueError, match="attention_heads"):
+        QHNetConfig(filter_irreps="6x0e+3x1o", attention_heads=4)
+    with pytest.raises(ValueError, match="interaction_layers"):
+        QHNetConfig(layers=2, interaction_layers=3)
+
+
+@pytest.mark.parametrize("cutoff", [15.0, 1.3])
+def test_conformance_kit_every_mode(cutoff):
+    """Predictor, reads S and reads H+S (DEQ-wrapped): rotation (e3nn Wigner-D, float64),
+    translation, permutation, exact symmetry, alone vs in a batch. The 1.3 Å cutoff leaves
+    methanol's far pairs outside the graph (their blocks must still be right)."""
+    results = check_backbone("qhnet", config=QHNetConfig(**SMALL, cutoff=cutoff))
+    modes = {r.mode for r in results}
+    assert modes == {"predictor", "reads S", "reads H+S"}
+    assert all(r.passed for r in results)
+
+
+def test_any_basis_set_with_f_shells():
+    """def2-TZVP has f shells on C and O: blocks up to l = 6, beyond the hidden l_max = 3."""
+    config = QHNetConfig(**{**SMALL, "l_max": 3})
+    assert all(r.passed for r in check_backbone("qhnet", config=config, basis="def2-tzvp"))
+    with pytest.raises(BackboneError, match="use l_max >= 3"):
+        QHNet(QHNetConfig(**SMALL), AOLayout("def2-tzvp", [1, 6]))
+
+
+@pytest.mark.parametrize(("reads_h", "reads_s"), [(False, False), (False, True), (True, True)])
+def test_parity_inversion(float64, reads_h, reads_s):
+    """O(3), not only SO(3): inverting the molecule multiplies AO slot k by (-1)^l(k)."""
+    torch.manual_seed(0)
+    spec = get_backbone("qhnet")
+    solver = ReducedSolver(spec, QHNetConfig(**SMALL), LAYOUT, reads_h, reads_s).eval()
+
+    def run(item):
+        batch = Batch.from_data_list([item])
+        with torch.no_grad():
+            if reads_h:
+                return DEQHamiltonianSolver(solver, FIXED).eval()(batch)[0]
+            return solver(batch, None, solver.inject(batch))
+
+    ref, inverted = run(_item("methanol")), run(_item("methanol", lambda p: -p))
+    sign = torch.tensor((-1.0) ** LAYOUT.slot_l)
+    parity = sign[:, None] * sign[None, :]
+    torch.testing.assert_close(inverted.diag, ref.diag * parity, atol=1e-9, rtol=0)
+    torch.testing.assert_close(inverted.off, ref.off * parity, atol=1e-9, rtol=0)
+
+
+def test_far_pairs_get_blocks_beyond_the_cutoff(float64):
+    torch.manual_seed(0)
+    model = QHNet(QHNetConfig(**SMALL, cutoff=1.3), LAYOUT)
+    batch = Batch.from_data_list([_item("methanol")])
+    injection = model.inject(batch)
+    assert len(injection.edge_dst) < batch.pair_index.shape[1]  # not every pair is an edge
+    out = model(batch, None, injection)
+    assert out.off.shape[0] == batch.pair_index.shape[1]
+    assert bool(torch.isfinite(out.off).all()) and out.off.abs().amax(dim=(1, 2)).min() > 0
+
+
+def _counting(model: torch.nn.Module, cls: type) -> list[int]:
+    calls = [0]
+    for module in model.modules():
+        if isinstance(module, cls):
+            module.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_structure_stream_runs_once_per_batch_under_deq(float64, train):
+    torch.manual_seed(0)
+    config = QHNetConfig(**SMALL)
+    solver = ReducedSolver(get_backbone("qhnet"), config, LAYOUT, True, True)
+    convs, blocks = _counting(solver, ConvNetLayer), _counting(solver, TransBlock)
+    deq = DEQHamiltonianSolver(solver, FIXED).train(train)
+    batch = Batch.from_data_list([_item("water"), _item("methanol", mol_id=1)])
+    _, diagnostics = deq(batch)
+    evaluations = diagnostics.nfe + (1 if train else 0)  # phantom gradient: one more f
+    assert diagnostics.nfe == FIXED.f_max_iter
+    assert convs[0] == config.layers  # inject: once per batch
+    assert blocks[0] == config.layers * evaluations  # the filter: once per evaluation
+
+
+def test_paper_size_parameter_counts():
+    """The reference QHNet has 20.4M parameters and DEQHNet 26.3M (see the module docs for
+    where ours differ)."""
+    counts = {}
+    for name, irreps in (("qhnet", None), ("deqhnet", o3.Irreps("32x0e+16x1o+8x2e"))):
+        model = QHNet(QHNetConfig(), AOLayout("def2-svp", [1, 6, 7, 8, 9]), irreps)
+        counts[name] = sum(p.numel() for p in model.parameters())
+    assert 19e6 < counts["qhnet"] < 24e6
+    assert 0 < counts["deqhnet"] - counts["qhnet"] < 4e6
+
+
+# ---------------------------------------------------------------------------------------------
+# learning real labels
+
+
+@pytest.mark.parametrize("variant", ["predictor", "reads S", "DEQ (reads H+S)"])
+def test_overfits_real_water_hamiltonians(variant):
+    """Three B3LYP/def2-SVP waters of the bundled dataset: the loss falls steadily."""
+    torch.manual_seed(0)
+    bundled = HamiltonianDataset()
+    waters = [i for i, r in zip(bundled.ids, bundled.records()) if len(r.atomic_numbers) == 3]
+    dataset = HamiltonianDataset(ids=waters[:3])
+    batch = Batch.from_data_list([dataset[i] for i in range(3)])
+    deq = variant.startswith("DEQ")
+    config = ModelConfig(
+        backbone="qhnet", deq=deq, overlap=variant != "predictor", params=dict(SMALL)
+    )
+    model = HamiltonianModel(config, dataset.layout, FIXED).double().train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    losses = []
+    for _ in range(40):
+        loss = hamiltonian_loss(model(batch)[0], batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.isfinite(losses).all()
+    assert np.mean(losses[-5:]) < 0.3 * np.mean(losses[:5])
