@@ -24,6 +24,7 @@ from deqh_core.data.dataset import HamiltonianDataset
 from deqh_core.deq import DEQConfig
 from deqh_core.metrics import MAEAccumulator, hamiltonian_loss
 from deqh_core.model import HamiltonianModel
+from deqh_core.solver import Blocks
 
 # A reduced model: enough capacity to reach 1e-4 Hartree on three waters in a few thousand
 # steps on a CPU.
@@ -38,6 +39,28 @@ DEFAULT_PARAMS = {
     "filter_channels": 16,
 }
 VARIANTS = {"predictor": (False, False), "S": (False, True), "DEQ": (True, True)}
+
+
+def evaluate(model: HamiltonianModel, batch, reads_h: bool) -> tuple[float, str]:
+    """H MAE of the eval-mode prediction and, for a DEQ, the residual and the MAE of the
+    training-mode output.
+
+    In training mode torchdeq returns ``f(H*)`` (one evaluation more, for the gradient), in eval
+    mode the iterate ``H*`` itself; until the iteration has converged the two differ.
+    """
+    model.eval()
+    with torch.no_grad():
+        blocks, diagnostics = model(batch)
+        accumulator = MAEAccumulator()
+        accumulator.update(blocks, batch)
+    mae = accumulator.result()["mae_all"]
+    if not reads_h:
+        return mae, ""
+    model.train()
+    trained = MAEAccumulator()
+    trained.update(Blocks(*(b.detach() for b in model(batch)[0])), batch)
+    residual = float(diagnostics.abs_residual.max())
+    return mae, f" (f(H*): {trained.result()['mae_all']:.3e}; |f(H)-H| {residual:.1e} Ha)"
 
 
 def main() -> None:
@@ -84,14 +107,11 @@ def main() -> None:
             optimizer.step()
             schedule.step()
             if step % args.every == 0 or step == args.steps:
-                model.eval()
-                with torch.no_grad():
-                    accumulator = MAEAccumulator()
-                    accumulator.update(model(batch)[0], batch)
-                mae = accumulator.result()["mae_all"]
+                mae, extra = evaluate(model, batch, reads_h)
                 elapsed = time.time() - start
                 print(
-                    f"  step {step:5d}  loss {loss.item():.3e}  H MAE {mae:.3e} Ha  {elapsed:.0f}s"
+                    f"  step {step:5d}  loss {loss.item():.3e}  H MAE {mae:.3e} Ha{extra}"
+                    f"  {elapsed:.0f}s"
                 )
                 if mae < args.target:
                     break
