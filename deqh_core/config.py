@@ -106,7 +106,20 @@ PRESETS: dict[str, dict] = {
     "cpu-small": {
         "data": {"batch_size": 4, "sizes": "0.8/0.1/0.1"},
         "model": {
-            "params": {"channels": 16, "bottleneck": 8, "l_max": 2, "layers": 2, "cutoff": 5.0}
+            "params": {
+                "channels": 16,
+                "bottleneck": 8,
+                "l_max": 2,
+                "layers": 2,
+                "interaction_layers": 1,
+                "cutoff": 5.0,
+                "num_rbf": 16,
+                "radial_hidden": 16,
+                "filter_irreps": "16x0e+8x1o+4x2e",
+                "filter_channels": 8,
+                "attention_heads": 2,
+                "filter_radial_hidden": 16,
+            }
         },
         "deq": {"f_max_iter": 4, "b_max_iter": 4, "f_tol": 1e-4},
         "optim": {"lr": 2e-3, "max_steps": 400, "warmup_steps": 20},
