@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from deqh_backbones.qhnet import QHNetConfig
 from torch_geometric.data import Batch
 
+from deqh_backbones.qhnet import QHNetConfig
 from deqh_core.backbone import ReducedSolver
 from deqh_core.basis import AOLayout, mole
 from deqh_core.data.dataset import HamiltonianDataset, molecule_data

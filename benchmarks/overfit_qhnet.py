@@ -22,7 +22,7 @@ from torch_geometric.data import Batch
 from deqh_core.config import ModelConfig
 from deqh_core.data.dataset import HamiltonianDataset
 from deqh_core.deq import DEQConfig
-from deqh_core.metrics import MAEAccumulator, hamiltonian_loss
+from deqh_core.metrics import MAEAccumulator, training_loss
 from deqh_core.model import HamiltonianModel
 from deqh_core.solver import Blocks
 
@@ -42,8 +42,8 @@ VARIANTS = {"predictor": (False, False), "S": (False, True), "DEQ": (True, True)
 
 
 def evaluate(model: HamiltonianModel, batch, reads_h: bool) -> tuple[float, str]:
-    """H MAE of the eval-mode prediction and, for a DEQ, the residual and the MAE of the
-    training-mode output.
+    """H MAE of the eval-mode prediction and, for a DEQ, the MAE of the training-mode output,
+    the fixed-point residual and the iterations the eval-mode solve used.
 
     In training mode torchdeq returns ``f(H*)`` (one evaluation more, for the gradient), in eval
     mode the iterate ``H*`` itself; until the iteration has converged the two differ.
@@ -60,7 +60,10 @@ def evaluate(model: HamiltonianModel, batch, reads_h: bool) -> tuple[float, str]
     trained = MAEAccumulator()
     trained.update(Blocks(*(b.detach() for b in model(batch)[0])), batch)
     residual = float(diagnostics.abs_residual.max())
-    return mae, f" (f(H*): {trained.result()['mae_all']:.3e}; |f(H)-H| {residual:.1e} Ha)"
+    return mae, (
+        f" (f(H*): {trained.result()['mae_all']:.3e}; |f(H)-H| {residual:.1e} Ha after "
+        f"{diagnostics.nfe} evaluations, converged {diagnostics.all_converged})"
+    )
 
 
 def main() -> None:
@@ -70,7 +73,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--target", type=float, default=1e-4, help="H MAE to reach, Hartree")
-    parser.add_argument("--deq-iterations", type=int, default=3)
+    parser.add_argument("--deq-iterations", type=int, default=3, help="forward, training")
+    parser.add_argument("--eval-iterations", type=int, default=20, help="forward, evaluation")
+    parser.add_argument("--deq-solver", default="fixed_point_iter")
+    parser.add_argument("--residual-weight", type=float, default=1.0, help="fixed-point penalty")
+    parser.add_argument("--deq-tol", type=float, default=1e-3, help="|f(H)-H|_F, Hartree")
+    parser.add_argument("--grad", default="phantom", choices=["phantom", "implicit"])
+    parser.add_argument("--phantom-steps", type=int, default=1)
     parser.add_argument("--params", type=json.loads, default=DEFAULT_PARAMS, help="JSON")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--every", type=int, default=100)
@@ -82,10 +91,14 @@ def main() -> None:
     dataset = HamiltonianDataset(ids=waters[: args.molecules])
     batch = Batch.from_data_list([dataset[i] for i in range(len(dataset))])
     deq = DEQConfig(
-        f_solver="fixed_point_iter",
+        f_solver=args.deq_solver,
         f_max_iter=args.deq_iterations,
         b_max_iter=args.deq_iterations,
-        f_tol=1e-30,  # always the same number of iterations
+        eval_f_max_iter=args.eval_iterations,
+        f_tol=args.deq_tol,
+        residual_weight=args.residual_weight,
+        grad=args.grad,
+        phantom_steps=args.phantom_steps,
     )
     summary = {}
     for variant in args.variants:
@@ -101,7 +114,7 @@ def main() -> None:
         print(f"== {variant}: {sum(p.numel() for p in model.parameters())} parameters")
         for step in range(1, args.steps + 1):
             model.train()
-            loss = hamiltonian_loss(model(batch)[0], batch)
+            loss = training_loss(*model(batch), batch, deq.residual_weight)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()

@@ -330,6 +330,7 @@ def train_command(
     table.add_column("diag")
     table.add_column("off-diag")
     table.add_column("DEQ nfe")
+    table.add_column("DEQ |f(H)-H|, Ha")
     for name, m in (("last", result.last), ("best", result.best)):
         table.add_row(
             f"{name} ({m['step']})",
@@ -337,6 +338,7 @@ def train_command(
             f"{m['mae_diag'] * 1e6:.1f}",
             f"{m['mae_off'] * 1e6:.1f}",
             f"{m['deq_nfe']:.1f}" if "deq_nfe" in m else "-",
+            f"{m['deq_residual']:.1e}" if "deq_residual" in m else "-",
         )
     Console().print(table)
     Console().print(f"{result.parameters:,} parameters; checkpoints in {result.out}/")

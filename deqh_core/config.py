@@ -121,9 +121,17 @@ PRESETS: dict[str, dict] = {
                 "filter_radial_hidden": 16,
             }
         },
-        "deq": {"f_max_iter": 4, "b_max_iter": 4, "f_tol": 1e-4},
-        "optim": {"lr": 2e-3, "max_steps": 400, "warmup_steps": 20},
-        "run": {"val_every": 100, "out": "runs/cpu-small"},
+        # up to 6 evaluations per training step, 12 at evaluation, and the fixed-point penalty
+        # so that the trained map has a fixed point the solver reaches (docs/training.md)
+        "deq": {
+            "f_max_iter": 6,
+            "b_max_iter": 6,
+            "eval_f_max_iter": 12,
+            "f_tol": 1e-3,
+            "residual_weight": 1.0,
+        },
+        "optim": {"lr": 2e-3, "max_steps": 2000, "warmup_steps": 50},
+        "run": {"val_every": 250, "out": "runs/cpu-small"},
     },
     # Table 4; EMA from epoch 40 for water = 40 x (500 / 10) steps
     "md17-water": _md17(10, 5e-4, 2000),

@@ -44,6 +44,7 @@ torchdeq behaviours worth knowing (torchdeq 0.1.0), all handled here:
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -145,6 +146,12 @@ class DEQConfig(BaseModel):
             ``"minao"`` / ``"1e"``, read from the batch (:class:`InitialGuess` puts it there).
         on_failure: ``"raise"`` a :class:`DEQFailure` as soon as an iterate is non-finite, or
             ``"report"`` it in :class:`DEQDiagnostics` and return torchdeq's estimate.
+        residual_weight: weight of the fixed-point penalty added to the training loss
+            (:func:`deqh_core.metrics.training_loss`): RMSE + MAE of ``f(H*) - H*`` over the
+            valid block entries, with the gradient through ``f``. 0 is the paper's loss, under
+            which nothing asks the trained map to have a reachable fixed point: the training
+            output ``f(H*)`` fits the labels while ``|f(H*) - H*|`` may grow (see
+            docs/training.md).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -167,6 +174,7 @@ class DEQConfig(BaseModel):
     anderson_lam: float = Field(1e-4, gt=0)
     init: Literal["identity", "minao", "1e"] = "identity"
     on_failure: Literal["raise", "report"] = "raise"
+    residual_weight: float = Field(0.0, ge=0)
 
     @field_validator("f_solver", "b_solver")
     @classmethod
@@ -264,8 +272,9 @@ class DEQDiagnostics:
             ``nstep``; 0 if none beat the initial guess).
         abs_trace, rel_trace: ``[n_molecules, nfe]`` residual of every evaluation,
             ``||f(H) - H||_F`` (Hartree) and that divided by ``||f(H)||_F``.
-        abs_residual, rel_residual: ``[n_molecules]`` residual of the returned estimate as
-            torchdeq measured it (its lowest).
+        abs_residual, rel_residual: ``[n_molecules]`` the lowest residual of the solve, as
+            torchdeq measures it: the size of the step ``|f(H) - H|`` whose result ``f(H)`` is
+            the returned estimate.
         stop_mode, tol: the criterion: converged means ``{stop_mode}_residual <= tol``.
         converged: ``[n_molecules]`` bool.
         diverged: ``[n_molecules]`` bool: not converged and the last residual is larger than the
@@ -273,6 +282,10 @@ class DEQDiagnostics:
             non-finite.
         nonfinite: an iterate (or its residual) was NaN or inf.
         error: what went wrong, if anything did.
+        residual: training mode with a graph only: ``f(H) - H`` of the gradient's evaluation
+            (``H`` = the detached fixed-point estimate, ``f(H)`` = the returned output) in block
+            form, on the model's device and with the gradient through ``f``; the input of the
+            fixed-point penalty (``DEQConfig.residual_weight``). None otherwise.
     """
 
     nfe: int
@@ -287,6 +300,7 @@ class DEQDiagnostics:
     diverged: torch.Tensor
     nonfinite: bool
     error: str | None = None
+    residual: Blocks | None = None
 
     @property
     def all_converged(self) -> bool:
@@ -373,6 +387,7 @@ class _Recorder:
         self.solver, self.batch, self.injection = solver, batch, injection
         self.state, self.config = state, config
         self.active = True
+        self.grad_step: tuple[torch.Tensor, torch.Tensor] | None = None
         self.abs: list[torch.Tensor] = []
         self.rel: list[torch.Tensor] = []
 
@@ -381,7 +396,9 @@ class _Recorder:
         z_next = self.state.pack(self.solver(self.batch, h, self.injection))
         # torchdeq runs its forward solver under no_grad and the gradient's evaluations with
         # grad enabled (the wrapper makes sure of that), so this tells the two apart.
-        if self.active and not torch.is_grad_enabled():
+        if self.active and torch.is_grad_enabled():
+            self.grad_step = (z.detach(), z_next)  # the gradient's evaluation (the last wins)
+        elif self.active:
             abs_res = (z_next - z).norm(dim=1)
             self.abs.append(abs_res)
             self.rel.append(abs_res / (z_next.norm(dim=1) + 1e-9))
@@ -513,7 +530,12 @@ class DEQHamiltonianSolver(nn.Module):
         finally:
             func.active = False
             self.deq.train(was_training)
-        return state.unpack(z_out[-1]), self._diagnostics(func, info, state.n_molecules)
+        diagnostics = self._diagnostics(func, info, state.n_molecules)
+        if train_graph and func.grad_step is not None:
+            z_in, z_next = func.grad_step
+            residual = state.unpack(z_next - z_in)
+            diagnostics = dataclasses.replace(diagnostics, residual=residual)
+        return state.unpack(z_out[-1]), diagnostics
 
     def _diagnostics(self, func: _Recorder, info: dict, n_molecules: int) -> DEQDiagnostics:
         config = self.config

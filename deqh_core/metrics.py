@@ -34,6 +34,23 @@ def hamiltonian_loss(pred: Blocks, batch) -> torch.Tensor:
     return err.pow(2).mean().sqrt() + err.abs().mean()
 
 
+def fixed_point_penalty(residual: Blocks, batch) -> torch.Tensor:
+    """RMSE + MAE of a DEQ's ``f(H*) - H*`` over the valid block entries (Hartree)."""
+    g = block_gather(batch)
+    err = torch.cat([residual.diag[g.diag_mask], residual.off[g.off_mask]])
+    return err.pow(2).mean().sqrt() + err.abs().mean()
+
+
+def training_loss(
+    pred: Blocks, diagnostics: DEQDiagnostics | None, batch, residual_weight: float = 0.0
+) -> torch.Tensor:
+    """Eq. 45, plus ``residual_weight`` x :func:`fixed_point_penalty` for a DEQ in training."""
+    loss = hamiltonian_loss(pred, batch)
+    if residual_weight and diagnostics is not None and diagnostics.residual is not None:
+        loss = loss + residual_weight * fixed_point_penalty(diagnostics.residual, batch)
+    return loss
+
+
 @dataclass
 class MAEAccumulator:
     """Mean absolute errors over diagonal blocks, off-diagonal blocks and all valid entries

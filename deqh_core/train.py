@@ -39,7 +39,7 @@ from deqh_core.data.splits import (
 )
 from deqh_core.deq import InitialGuess
 from deqh_core.errors import DeqhError
-from deqh_core.metrics import MAEAccumulator, hamiltonian_loss
+from deqh_core.metrics import MAEAccumulator, training_loss
 from deqh_core.model import HamiltonianModel, n_parameters
 from deqh_core.progress import tracked
 
@@ -318,7 +318,7 @@ class Trainer:
                     break
                 batch = to_device(batch, self.device, self.dtype)
                 pred, diagnostics = self.net(batch)
-                loss = hamiltonian_loss(pred, batch)
+                loss = training_loss(pred, diagnostics, batch, cfg.deq.residual_weight)
                 if not torch.isfinite(loss):
                     raise DeqhError(f"loss is {loss.item()} at step {self.step}; stopping")
                 self.optimizer.zero_grad(set_to_none=True)
@@ -341,6 +341,7 @@ class Trainer:
                     }
                     if diagnostics is not None:
                         row["deq_nfe"] = diagnostics.nfe
+                        row["deq_residual"] = float(diagnostics.abs_residual.max())
                     log.write(row)
                 if self.step % cfg.run.val_every == 0 or self.step == end:
                     metrics = self._validate_and_save(log)

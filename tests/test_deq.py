@@ -21,6 +21,7 @@ from deqh_core.deq import (
     identity_blocks,
 )
 from deqh_core.errors import DeqhError
+from deqh_core.metrics import fixed_point_penalty, hamiltonian_loss, training_loss
 from deqh_core.recipe import Recipe
 from deqh_core.solver import Blocks, Capabilities
 from tests.molecules import METHANOL, WATER
@@ -187,6 +188,29 @@ def test_identity_start_and_training_bookkeeping(batch):
     with torch.no_grad():  # training mode without grad: the same solve, no gradient pass
         _, again = deq(batch)
     assert len(toy.inputs) == again.nfe == diag.nfe
+
+
+@pytest.mark.parametrize("grad", ["phantom", "implicit"])
+def test_training_residual_is_f_of_the_estimate_minus_the_estimate(batch, grad):
+    """``f(H*) - H*`` for the fixed-point penalty: the training output minus it is the estimate
+    the eval-mode solve returns (same iterations), and it carries the gradient through f."""
+    toy = TanhToy()
+    config = DEQConfig(f_max_iter=4, f_tol=1e-30, grad=grad, residual_weight=1.0)
+    deq = DEQHamiltonianSolver(toy, config).train()
+    out, diag = deq(batch)
+    assert diag.residual is not None and diag.residual.diag.requires_grad
+    with torch.no_grad():
+        estimate, eval_diag = deq.eval()(batch)
+    assert eval_diag.residual is None
+    torch.testing.assert_close(
+        _real(Blocks(out.diag - diag.residual.diag, out.off - diag.residual.off), batch),
+        _real(estimate, batch),
+    )
+    penalty = fixed_point_penalty(diag.residual, batch)
+    loss = training_loss(out, diag, batch, 2.0)
+    torch.testing.assert_close(loss, hamiltonian_loss(out, batch) + 2 * penalty)
+    grads = torch.autograd.grad(penalty, [toy.m, toy.w_off])
+    assert all(bool(g.abs().sum() > 0) for g in grads)
 
 
 # ----------------------------------------------------------------------------------------------

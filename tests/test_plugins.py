@@ -131,9 +131,8 @@ def test_get_backbone_error_is_specific():
 
 def test_the_kit_catches_a_backbone_that_breaks_the_symmetries(example_plugin):
     """The conformance kit must fail a backbone that reads raw coordinates and is asymmetric."""
-    from deqh_example.model import TFNMini, TFNMiniConfig
-
     from deqh_core.solver import Blocks
+    from deqh_example.model import TFNMini, TFNMiniConfig
 
     class Broken(TFNMini):
         def forward(self, batch, node_features, injection):

@@ -6,16 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from e3nn import o3
+from e3nn.nn import Gate
+from torch_geometric.data import Batch
+
 from deqh_backbones.qhnet import QHNet, QHNetConfig
 from deqh_backbones.qhnet.attention import TransBlock
 from deqh_backbones.qhnet.conv import ConvNetLayer
 from deqh_backbones.qhnet.gates import ScalarGate
 from deqh_backbones.qhnet.linear import EquivariantLinear
 from deqh_backbones.qhnet.tensor_products import ChannelTensorProduct, SphericalTensorProduct
-from e3nn import o3
-from e3nn.nn import Gate
-from torch_geometric.data import Batch
-
 from deqh_core.backbone import BackboneError, ReducedSolver
 from deqh_core.basis import AOLayout, mole
 from deqh_core.config import ModelConfig

@@ -12,15 +12,16 @@ second tensor product).
 from __future__ import annotations
 
 import torch
-from deqh_backbones.qhnet.gates import ScalarGate
-from deqh_backbones.qhnet.layernorm import EquivariantLayerNorm
-from deqh_backbones.qhnet.linear import EquivariantLinear
-from deqh_backbones.qhnet.tensor_products import SphericalTensorProduct
 from e3nn import o3
 from e3nn.nn import FullyConnectedNet
 from torch import nn
 from torch.nn import functional as F
 from torch_geometric.utils import softmax
+
+from deqh_backbones.qhnet.gates import ScalarGate
+from deqh_backbones.qhnet.layernorm import EquivariantLayerNorm
+from deqh_backbones.qhnet.linear import EquivariantLinear
+from deqh_backbones.qhnet.tensor_products import SphericalTensorProduct
 
 
 class TransBlock(nn.Module):

@@ -5,14 +5,15 @@ from __future__ import annotations
 import math
 
 import torch
-from deqh_backbones.qhnet.channels import Channels
-from deqh_backbones.qhnet.gates import NormGate
-from deqh_backbones.qhnet.linear import EquivariantLinear
-from deqh_backbones.qhnet.tensor_products import SphericalTensorProduct
 from e3nn import o3
 from e3nn.nn import FullyConnectedNet
 from torch import nn
 from torch.nn import functional as F
+
+from deqh_backbones.qhnet.channels import Channels
+from deqh_backbones.qhnet.gates import NormGate
+from deqh_backbones.qhnet.linear import EquivariantLinear
+from deqh_backbones.qhnet.tensor_products import SphericalTensorProduct
 
 
 def shifted_softplus(x: torch.Tensor) -> torch.Tensor:

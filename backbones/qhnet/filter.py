@@ -19,14 +19,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from e3nn import o3
+from torch import nn
+
 from deqh_backbones.qhnet.attention import TransBlock
 from deqh_backbones.qhnet.config import QHNetConfig
 from deqh_backbones.qhnet.conv import natural_irreps
 from deqh_backbones.qhnet.interaction import PairNetLayer, SelfNetLayer, interaction_irreps
 from deqh_backbones.qhnet.layernorm import EquivariantLayerNorm
 from deqh_backbones.qhnet.linear import EquivariantLinear
-from e3nn import o3
-from torch import nn
 
 
 @dataclass

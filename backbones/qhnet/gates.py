@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import torch
-from deqh_backbones.qhnet.channels import Channels
 from e3nn import o3
 from e3nn.math import normalize2mom
 from torch import nn
 from torch.nn import functional as F
+
+from deqh_backbones.qhnet.channels import Channels
 
 
 class NormGate(nn.Module):

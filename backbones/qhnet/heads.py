@@ -10,10 +10,10 @@ matmul).
 from __future__ import annotations
 
 import torch
-from deqh_backbones.qhnet.linear import EquivariantLinear
 from e3nn import o3
 from torch import nn
 
+from deqh_backbones.qhnet.linear import EquivariantLinear
 from deqh_core.expansion import BlockExpansion
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
-from deqh_backbones.qhnet.channels import Channels
 from e3nn import o3
 from torch import nn
+
+from deqh_backbones.qhnet.channels import Channels
 
 
 class EquivariantLayerNorm(nn.Module):

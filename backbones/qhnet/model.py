@@ -27,6 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from e3nn import o3
+from torch import nn
+
 from deqh_backbones.qhnet.config import QHNetConfig
 from deqh_backbones.qhnet.conv import ConvNetLayer, natural_irreps
 from deqh_backbones.qhnet.filter import DEQHNetFilter, FilterInjection
@@ -34,9 +37,6 @@ from deqh_backbones.qhnet.heads import ExpansionHead
 from deqh_backbones.qhnet.interaction import PairNetLayer, SelfNetLayer, interaction_irreps
 from deqh_backbones.qhnet.linear import EquivariantLinear
 from deqh_backbones.qhnet.radial import ExponentialBernstein
-from e3nn import o3
-from torch import nn
-
 from deqh_core.backbone import BackboneError
 from deqh_core.basis import AOLayout
 from deqh_core.blocks import symmetrize
