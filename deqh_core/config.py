@@ -78,6 +78,7 @@ class RunConfig(_Strict):
     log_every: int = Field(10, ge=1)
     max_minutes: float | None = Field(None, gt=0, description="stop after this wall time")
     progress: bool = True
+    tensorboard: bool = Field(True, description="also log to TensorBoard when it is installed")
 
 
 class TrainConfig(_Strict):
@@ -121,15 +122,9 @@ PRESETS: dict[str, dict] = {
                 "filter_radial_hidden": 16,
             }
         },
-        # up to 6 evaluations per training step, 12 at evaluation, and the fixed-point penalty
-        # so that the trained map has a fixed point the solver reaches (docs/training.md)
-        "deq": {
-            "f_max_iter": 6,
-            "b_max_iter": 6,
-            "eval_f_max_iter": 12,
-            "f_tol": 1e-3,
-            "residual_weight": 1.0,
-        },
+        # enough evaluations per training step for the solve to converge, so that the trained
+        # map has a fixed point the solver reaches (docs/training.md)
+        "deq": {"f_max_iter": 6, "b_max_iter": 6, "eval_f_max_iter": 12, "f_tol": 1e-3},
         "optim": {"lr": 2e-3, "max_steps": 2000, "warmup_steps": 50},
         "run": {"val_every": 250, "out": "runs/cpu-small"},
     },

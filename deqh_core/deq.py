@@ -148,10 +148,9 @@ class DEQConfig(BaseModel):
             ``"report"`` it in :class:`DEQDiagnostics` and return torchdeq's estimate.
         residual_weight: weight of the fixed-point penalty added to the training loss
             (:func:`deqh_core.metrics.training_loss`): RMSE + MAE of ``f(H*) - H*`` over the
-            valid block entries, with the gradient through ``f``. 0 is the paper's loss, under
-            which nothing asks the trained map to have a reachable fixed point: the training
-            output ``f(H*)`` fits the labels while ``|f(H*) - H*|`` may grow (see
-            docs/training.md).
+            valid block entries, with the gradient through ``f``. 0 is the paper's loss. The
+            penalty forces a reachable fixed point when ``f_max_iter`` is too small for the
+            solve to converge, at the price of a slower fit (docs/training.md).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -301,7 +301,9 @@ class Trainer:
         if lead:
             save_config(cfg, self.out / "config.yaml")
             self.split.to_json(self.out / "split.json")
-        log = _CSVLog(self.out / "metrics.csv", keep_until=self.step) if lead else None
+        log = (
+            _MetricsLog(self.out / "metrics.csv", self.step, cfg.run.tensorboard) if lead else None
+        )
         end = min(cfg.optim.max_steps, stop_at_step or cfg.optim.max_steps)
         deadline = time.time() + 60 * cfg.run.max_minutes if cfg.run.max_minutes else None
         self.model.train()
@@ -350,9 +352,11 @@ class Trainer:
                 advance(text=status)
         if not metrics or metrics.get("step") != self.step:
             metrics = self._validate_and_save(log)
+        if log is not None:
+            log.close()
         return TrainResult(self.step, self.best, metrics, self.out, n_parameters(self.model))
 
-    def _validate_and_save(self, log: _CSVLog | None) -> dict[str, float]:
+    def _validate_and_save(self, log: _MetricsLog | None) -> dict[str, float]:
         metrics = {"step": self.step} | self.validate()
         if log is None:  # not rank 0
             if not self.best or metrics["mae_all"] < self.best["mae_all"]:
@@ -366,8 +370,10 @@ class Trainer:
         return metrics
 
 
-class _CSVLog:
-    """Append-only CSV; on resume, rows logged after the checkpoint's step are dropped."""
+class _MetricsLog:
+    """Append-only CSV (and TensorBoard scalars under ``tensorboard/`` when the tensorboard
+    package is installed and ``run.tensorboard``); on resume, what was logged after the
+    checkpoint's step is dropped from both."""
 
     FIELDS = (
         "step",
@@ -382,8 +388,16 @@ class _CSVLog:
         "time",
     )
 
-    def __init__(self, path: Path, keep_until: int):
+    def __init__(self, path: Path, keep_until: int, tensorboard: bool = False):
         self.path = path
+        self.board = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional
+                pass
+            else:
+                self.board = SummaryWriter(path.parent / "tensorboard", purge_step=keep_until + 1)
         rows = []
         if path.exists() and keep_until > 0:
             with path.open() as f:
@@ -400,6 +414,15 @@ class _CSVLog:
         }
         with self.path.open("a", newline="") as f:
             csv.DictWriter(f, self.FIELDS).writerow(row)
+        if self.board is not None:
+            for key in self.FIELDS[2:-1]:
+                if row[key] != "":
+                    self.board.add_scalar(f"{row['split']}/{key}", float(row[key]), row["step"])
+            self.board.flush()
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
 
 
 def train(

@@ -20,7 +20,13 @@ def _config(out, **optim):
             "data": {"batch_size": 3, "sizes": "24/6/0"},
             "deq": {"f_max_iter": 3},
             "optim": {"max_steps": 6, "warmup_steps": 2, "ema": True, **optim},
-            "run": {"out": str(out), "dtype": "float64", "val_every": 3, "progress": False},
+            "run": {
+                "out": str(out),
+                "dtype": "float64",
+                "val_every": 3,
+                "log_every": 2,
+                "progress": False,
+            },
         },
     )
 
@@ -29,7 +35,7 @@ def test_resumed_run_ends_with_the_same_weights(example_plugin, tmp_path):
     straight = Trainer(_config(tmp_path / "straight"))
     straight.fit()
     first = Trainer(_config(tmp_path / "killed"))
-    first.fit(stop_at_step=4)  # as if killed after step 4 (last checkpoint: step 3)
+    first.fit(stop_at_step=4)  # stopped after step 4 (validates and checkpoints there)
     resumed = Trainer(_config(tmp_path / "killed"))
     resumed.fit(resume=True)
     assert resumed.step == straight.step == 6
@@ -37,6 +43,41 @@ def test_resumed_run_ends_with_the_same_weights(example_plugin, tmp_path):
         assert torch.equal(value, resumed.model.state_dict()[key]), key
     for key, value in straight.ema.state_dict().items():
         assert torch.equal(value, resumed.ema.state_dict()[key]), key
+    # the logs of the stopped-and-resumed run hold each step once, with the same values, plus
+    # the validation the stop at step 4 ran before checkpointing
+    straight_log, resumed_log = (_log_rows(tmp_path / name) for name in ("straight", "killed"))
+    stop = {"step": "4", "split": "val"}
+    assert [r for r in resumed_log if stop.items() - r.items()] == straight_log
+    assert [(r["step"], r["split"]) for r in straight_log] == [
+        ("2", "train"),
+        ("3", "val"),
+        ("4", "train"),
+        ("6", "train"),
+        ("6", "val"),
+    ]
+    pytest.importorskip("tensorboard")
+    boards = [_board(tmp_path / name) for name in ("straight", "killed")]
+    assert boards[0]["train/loss"] == boards[1]["train/loss"]
+    assert [step for step, _ in boards[0]["train/loss"]] == [2, 4, 6]
+    assert [step for step, _ in boards[0]["val/mae_all"]] == [3, 6]
+    assert [step for step, _ in boards[1]["val/mae_all"]] == [3, 4, 6]
+
+
+def _log_rows(run) -> list[dict]:
+    import csv
+
+    with (run / "metrics.csv").open() as f:
+        return [{k: v for k, v in row.items() if k != "time"} for row in csv.DictReader(f)]
+
+
+def _board(run) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+    }
 
 
 def test_existing_run_is_not_overwritten(example_plugin, tmp_path):
