@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from deqh_core.cli_options import DeviceOption
 from deqh_core.errors import DeqhError
 from deqh_core.evaluate import SplitName
 
@@ -401,7 +402,7 @@ def ablate_command(
     split: Annotated[
         SplitName, typer.Option(help="Split the variants are evaluated on.")
     ] = SplitName.test,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    device: DeviceOption = "auto",
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
     set_: Annotated[
         list[str] | None,

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from deqh_core.cli_options import DeviceOption, EmaOption, ProgressOption
 from deqh_core.errors import DataError, DeqhError
 
 if TYPE_CHECKING:
@@ -451,15 +452,12 @@ def evaluate_command(
         Path | None,
         typer.Option("--csv", help="Also write per-molecule metrics here.", dir_okay=False),
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    device: DeviceOption = "auto",
     batch_size: Annotated[
         int | None, typer.Option(min=1, help="Molecules per batch (default: the run's).")
     ] = None,
-    ema: Annotated[
-        bool | None,
-        typer.Option("--ema/--no-ema", help="EMA weights (default: when the run used EMA)."),
-    ] = None,
-    progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
+    ema: EmaOption = None,
+    progress: ProgressOption = True,
 ) -> None:
     """Evaluate a checkpoint: H MAE, orbital energies, HOMO/LUMO/gap, orbital similarity."""
     from rich.console import Console

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Annotated
 import numpy as np
 import typer
 
+from deqh_core.cli_options import DeviceOption, EmaOption, ProgressOption
 from deqh_core.errors import DataError, DeqhError
 
 if TYPE_CHECKING:
@@ -382,13 +383,10 @@ def predict_command(
         Path, typer.Option(help="Directory for the .npz files and summary.csv.", file_okay=False)
     ] = Path("predictions"),
     charge: Annotated[int, typer.Option(help="Molecular charge (closed shell), e.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    device: DeviceOption = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Molecules per batch.")] = 16,
-    ema: Annotated[
-        bool | None,
-        typer.Option("--ema/--no-ema", help="EMA weights (default: when the run used EMA)."),
-    ] = None,
-    progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
+    ema: EmaOption = None,
+    progress: ProgressOption = True,
 ) -> None:
     """Predict H (PySCF AO order), orbital energies and HOMO/LUMO for new molecules."""
     from rich.console import Console

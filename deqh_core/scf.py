@@ -39,6 +39,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
+from deqh_core.cli_options import ProgressOption
 from deqh_core.errors import DataError, DeqhError
 from deqh_core.parallel import map_unordered
 from deqh_core.progress import tracked
@@ -692,7 +693,7 @@ def scf_command(
         int | None, typer.Option(min=1, help="Override the recipe's SCF cycle limit.")
     ] = None,
     device: Annotated[str, typer.Option(help="Device of the model.")] = "cpu",
-    progress: Annotated[bool, typer.Option(help="Progress bar on stderr.")] = True,
+    progress: ProgressOption = True,
 ) -> None:
     """Start PySCF's SCF from predicted Hamiltonians and report the cycles saved (Table 3).
 
