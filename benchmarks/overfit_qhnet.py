@@ -1,6 +1,8 @@
 """Overfit QHNet / DEQHNet on a few real water Hamiltonians until the H MAE is below a target.
 
     python benchmarks/overfit_qhnet.py [--variants predictor S DEQ] [--steps 3000] [--target 1e-4]
+    python benchmarks/overfit_qhnet.py --atoms 9 --steps 5000      # ethanols
+    python benchmarks/overfit_qhnet.py --backbone tfn-mini --params '{"channels": 32}'
 
 A capacity and plumbing check, too slow for CI: the three variants (QHNet; QHNet reading S;
 DEQHNet reading H and S, solved from the identity with at most ``--deq-iterations`` evaluations
@@ -12,6 +14,10 @@ fixed-point penalty), AdamW and a one-cycle learning rate, in float64, and stop 
 absolute error of the eval-mode H (all valid entries, Hartree) is below ``--target``. Prints the
 MAE every ``--every`` steps (for the DEQ also the training output's MAE, the residual and the
 evaluations used) and a summary.
+
+The DEQ's training solve is allowed to converge (20 evaluations, ``--deq-tol``): the loss fits
+``f`` of the training iterate, so with fewer evaluations (6) the fit reaches ``f(H*)`` 3e-5
+Hartree while the fixed point the eval-mode solve finds stays at 1.6e-4 (docs/training.md).
 """
 
 from __future__ import annotations
@@ -78,14 +84,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--target", type=float, default=1e-4, help="H MAE to reach, Hartree")
-    parser.add_argument("--deq-iterations", type=int, default=6, help="forward, training")
+    parser.add_argument("--deq-iterations", type=int, default=20, help="forward, training")
     parser.add_argument("--eval-iterations", type=int, default=50, help="forward, evaluation")
     parser.add_argument("--deq-solver", default="fixed_point_iter")
     parser.add_argument("--residual-weight", type=float, default=0.0, help="fixed-point penalty")
     parser.add_argument("--deq-tol", type=float, default=1e-4, help="|f(H)-H|_F, Hartree")
     parser.add_argument("--grad", default="phantom", choices=["phantom", "implicit"])
     parser.add_argument("--phantom-steps", type=int, default=1)
-    parser.add_argument("--params", type=json.loads, default=DEFAULT_PARAMS, help="JSON")
+    parser.add_argument("--backbone", default="qhnet", help="any registered backbone")
+    parser.add_argument(
+        "--params", type=json.loads, default=None, help="JSON (qhnet: the reduced model)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--every", type=int, default=100)
     args = parser.parse_args()
@@ -106,11 +115,14 @@ def main() -> None:
         grad=args.grad,
         phantom_steps=args.phantom_steps,
     )
+    params = args.params if args.params is not None else {}
+    if args.params is None and args.backbone == "qhnet":
+        params = DEFAULT_PARAMS
     summary = {}
     for variant in args.variants:
         reads_h, reads_s = VARIANTS[variant]
         torch.manual_seed(0)
-        config = ModelConfig(backbone="qhnet", deq=reads_h, overlap=reads_s, params=args.params)
+        config = ModelConfig(backbone=args.backbone, deq=reads_h, overlap=reads_s, params=params)
         model = HamiltonianModel(config, dataset.layout, deq).double()
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
         schedule = torch.optim.lr_scheduler.OneCycleLR(
