@@ -1,4 +1,4 @@
-"""Overfit QHNet / DEQHNet on a few real water Hamiltonians until the H MAE is below a target.
+"""Overfit a backbone (QHNet by default) and its DEQ on a few real Hamiltonians to a target MAE.
 
     python benchmarks/overfit_qhnet.py [--variants predictor S DEQ] [--steps 3000] [--target 1e-4]
     python benchmarks/overfit_qhnet.py --atoms 9 --steps 5000      # ethanols
@@ -115,14 +115,15 @@ def main() -> None:
         grad=args.grad,
         phantom_steps=args.phantom_steps,
     )
-    params = args.params if args.params is not None else {}
-    if args.params is None and args.backbone == "qhnet":
-        params = DEFAULT_PARAMS
+    if args.params is None:
+        args.params = DEFAULT_PARAMS if args.backbone == "qhnet" else {}
     summary = {}
     for variant in args.variants:
         reads_h, reads_s = VARIANTS[variant]
         torch.manual_seed(0)
-        config = ModelConfig(backbone=args.backbone, deq=reads_h, overlap=reads_s, params=params)
+        config = ModelConfig(
+            backbone=args.backbone, deq=reads_h, overlap=reads_s, params=args.params
+        )
         model = HamiltonianModel(config, dataset.layout, deq).double()
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
         schedule = torch.optim.lr_scheduler.OneCycleLR(
