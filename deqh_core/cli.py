@@ -286,6 +286,10 @@ def train_command(
     out: Annotated[Path | None, typer.Option(help="Run directory.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
     progress: Annotated[bool, typer.Option(help="Progress bar.")] = True,
+    print_config: Annotated[
+        bool,
+        typer.Option("--print-config", help="Print the resolved configuration as YAML and exit."),
+    ] = False,
     set_: Annotated[
         list[str] | None,
         typer.Option("--set", metavar="KEY=VALUE", help="Any config field, e.g. optim.ema=true."),
@@ -323,6 +327,13 @@ def train_command(
         cfg = load_config(None, None, saved, {"run": {"progress": progress}})
     else:
         cfg = load_config(preset, config, *overrides, flags)
+    if print_config:
+        import yaml
+
+        from deqh_core.config import resolved
+
+        typer.echo(yaml.safe_dump(resolved(cfg), sort_keys=False), nl=False)
+        return
     result = train(cfg, resume=resume)
     table = Table(title=f"deqh train: {cfg.model.backbone}{' --deq' if cfg.model.deq else ''}")
     table.add_column("validation (step)")
