@@ -28,6 +28,7 @@ so does ``deqh --help``.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import time
@@ -645,7 +646,7 @@ def select_records(
     from deqh_core.evaluate import evaluation_dataset
 
     dataset, note = evaluation_dataset(predictor.loaded, data, split)
-    records = list(dataset.records())[:limit]
+    records = list(itertools.islice(dataset.records(), limit))
     return records, f"{note}: {len(records)} molecule(s)"
 
 

@@ -70,13 +70,18 @@ def to_device(batch, device: torch.device, dtype: torch.dtype):
 
 
 def make_split(dataset: HamiltonianDataset, config) -> Split:
+    """The run's split of ``dataset.ids`` per ``config`` (a ``DataConfig``); reads atom counts
+    and sources only, never the matrices."""
     ids = dataset.ids
     if config.split == "random":
         return random_split(ids, config.sizes, config.split_seed)
-    records = list(dataset.records())
+    by_id = {info.id: info for info in dataset.reader.infos()}
+    infos = [by_id[i] for i in ids]
     if config.split == "size_ood":
-        return size_ood_split(ids, [len(r.atomic_numbers) for r in records])
-    groups = groups_from_sources([r.source for r in records], [r.atomic_numbers for r in records])
+        return size_ood_split(ids, [len(info.atomic_numbers) for info in infos])
+    groups = groups_from_sources(
+        [info.source for info in infos], [info.atomic_numbers for info in infos]
+    )
     if config.split == "group":
         return group_split(ids, groups, config.sizes, config.split_seed)
     return within_group_split(ids, groups, config.sizes, config.split_seed)
@@ -136,6 +141,23 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class _StepBatches:
+    """Batch sampler of a run from ``start`` on: this rank's share of every epoch's batches,
+    epoch after epoch (the order is a function of the step alone, see ``Trainer``)."""
+
+    def __init__(self, trainer: Trainer, start: int):
+        self.trainer, self.start = trainer, start
+
+    def __iter__(self):
+        t = self.trainer
+        per_epoch = t.batches_per_epoch()
+        epoch, skip = divmod(self.start, per_epoch)
+        while True:
+            batches = t._epoch_batches(epoch)[: per_epoch * t.world]
+            yield from batches[skip * t.world :][t.rank :: t.world]
+            epoch, skip = epoch + 1, 0
+
+
 @dataclass
 class TrainResult:
     step: int
@@ -168,20 +190,31 @@ class Trainer:
         self.dtype = getattr(torch, config.run.dtype)
         torch.manual_seed(config.run.seed)
         path = config.data.path or BUNDLED
-        dataset = HamiltonianDataset(path, basis=config.data.basis, cache=config.data.cache)
+        dataset = HamiltonianDataset(path, basis=config.data.basis)
         self.split = make_split(dataset, config.data)
         self.layout = dataset.layout
         # a DEQ started from a PySCF guess needs the guess on every item (computed once, cached)
         guess = InitialGuess.for_run(config, self.layout.basis, dataset.recipe)
+        d = config.data
         sets = [
             HamiltonianDataset(
-                path, layout=self.layout, ids=ids, cache=config.data.cache, transform=guess
+                path,
+                layout=self.layout,
+                ids=ids,
+                dtype=self.dtype,
+                overlap="onsite",  # a model reads S's on-site blocks only
+                cache=d.cache,
+                cache_mb=d.cache_mb / max(d.num_workers, 1),
+                transform=guess,
             )
             for ids in (self.split.train, self.split.val)
         ]
         self.train_set, self.val_set = sets
         if not len(self.train_set) or not len(self.val_set):
             raise DeqhError(f"split {config.data.sizes!r} leaves no training or validation data")
+        self.val_loader = DataLoader(
+            self.val_set, batch_size=d.val_batch_size or d.batch_size, **self._loader_options()
+        )
         self.model = HamiltonianModel(config.model, self.layout, config.deq)
         self.model.to(self.device, self.dtype)
         self.net = self.model
@@ -218,18 +251,23 @@ class Trainer:
         size = self.config.data.batch_size
         return [order[i : i + size] for i in range(0, len(order), size)]
 
+    def _loader_options(self) -> dict:
+        """DataLoader options: worker processes that live for the whole run and prepare
+        ``prefetch_factor`` batches each ahead of the model."""
+        d = self.config.data
+        if not d.num_workers:
+            return {}
+        return {
+            "num_workers": d.num_workers,
+            "persistent_workers": True,
+            "prefetch_factor": d.prefetch_factor,
+            "pin_memory": self.device.type == "cuda",
+        }
+
     def _train_batches(self):
-        """Batches from the current step on, forever."""
-        per_epoch = self.batches_per_epoch()
-        epoch, skip = divmod(self.step, per_epoch)
-        while True:
-            batches = self._epoch_batches(epoch)[: per_epoch * self.world]
-            sampler = batches[skip * self.world :][self.rank :: self.world]
-            loader = DataLoader(
-                self.train_set, batch_sampler=sampler, num_workers=self.config.data.num_workers
-            )
-            yield from loader
-            epoch, skip = epoch + 1, 0
+        """Batches from the current step on, forever, through one DataLoader."""
+        sampler = _StepBatches(self, self.step)
+        return iter(DataLoader(self.train_set, batch_sampler=sampler, **self._loader_options()))
 
     # -- checkpoints -----------------------------------------------------------------------
     def state(self) -> dict:
@@ -270,8 +308,7 @@ class Trainer:
         model = self.evaluation_model()
         model.eval()
         mae, nfe, residual = MAEAccumulator(), [], []
-        size = self.config.data.val_batch_size or self.config.data.batch_size
-        for batch in DataLoader(self.val_set, batch_size=size):
+        for batch in self.val_loader:
             batch = to_device(batch, self.device, self.dtype)
             pred, diagnostics = model(batch)
             mae.update(pred, batch)

@@ -43,19 +43,19 @@ def check_dataset(
     (exactly); orbital energies of every label; for ``scf_sample`` molecules rebuild the Fock
     matrix from the label's own density with the file's recipe and report the largest change."""
     data = HamiltonianDataset(path)
-    records = {r.id: r for r in data.records()}
     exact = True
     homo, gap = [], []
     for batch in DataLoader(data, batch_size=batch_size):
         h = unflatten(assemble(batch.h_diag, batch.h_off, batch), batch.n_ao)
         s = unflatten(assemble(batch.s_diag, batch.s_off, batch), batch.n_ao)
         for mol_id, h_mol, s_mol in zip(batch.mol_id.tolist(), h, s):
-            exact &= bool(np.array_equal(h_mol.numpy(), records[mol_id].hamiltonian))
+            record = data.reader.get(mol_id)  # one molecule at a time: memory stays flat
+            exact &= bool(np.array_equal(h_mol.numpy(), record.hamiltonian))
             eps, _ = orbital_energies(h_mol.numpy(), s_mol.numpy())
-            n_occ = int(records[mol_id].atomic_numbers.sum()) // 2
+            n_occ = int(record.atomic_numbers.sum()) // 2
             homo.append(float(eps[n_occ - 1]))
             gap.append(float(eps[n_occ] - eps[n_occ - 1]))
-    n_atoms = np.array([len(r.atomic_numbers) for r in records.values()])
+    n_atoms = np.array([len(info.atomic_numbers) for info in data.reader.infos()])
     counts = dict(zip(*(a.tolist() for a in np.unique(n_atoms, return_counts=True))))
     split = random_split(data.ids, (0.8, 0.1, 0.1), seed=seed)
     report = DatasetReport(
@@ -73,7 +73,8 @@ def check_dataset(
         recipe = Recipe.from_meta(data.recipe)
         rng = np.random.default_rng(seed)
         for mol_id in rng.choice(data.ids, size=min(scf_sample, len(data)), replace=False):
-            report.self_consistency[int(mol_id)] = fock_residual(records[int(mol_id)], recipe)
+            record = data.reader.get(int(mol_id))
+            report.self_consistency[int(mol_id)] = fock_residual(record, recipe)
     return report
 
 

@@ -11,19 +11,28 @@ Each item is a ``torch_geometric.data.Data`` with
 ``pair_index``  [2, n_pairs]           ordered atom pairs of the off-diagonal blocks
 ``h_diag``      [n_atoms, A, A]        Hamiltonian blocks, model order, Hartree
 ``h_off``       [n_pairs, A, A]
-``s_diag``      [n_atoms, A, A]        overlap blocks
-``s_off``       [n_pairs, A, A]
+``s_diag``      [n_atoms, A, A]        overlap blocks (on-site)
+``s_off``       [n_pairs, A, A]        overlap blocks (off-site; ``overlap="full"`` only)
 ``mol_id``      [1]                    id in the source file
 ==============  =====================  ==================================================
 
 Padding entries are zero; ``slot_ao >= 0`` is the per-atom mask. PyG batching increments
 ``pair_index`` by the atom count, so batches work out of the box.
+
+Scale: an item is built from its row on every access (reading one row of SQLite, two gathers),
+so memory does not grow with the file. Training needs only the on-site overlap blocks, which
+depend on the element alone (both AOs sit on one atom): ``overlap="onsite"`` takes them from a
+per-element table computed once, so no overlap integral is evaluated per molecule;
+``overlap="full"`` (evaluation, orbital energies) computes the whole S with PySCF unless the
+file stores it. Built items can be kept in memory up to a byte budget (``cache_mb``).
 """
 
 from __future__ import annotations
 
 import os
+from functools import cache
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -39,13 +48,33 @@ BUNDLED = Path(__file__).parent / "bundled" / "water_ethanol.db"
 """The small default dataset shipped in the package (see docs/data.md for how it was made)."""
 
 
+@cache
+def onsite_overlap_blocks(layout: AOLayout) -> torch.Tensor:
+    """``[max Z + 1, A, A]`` float64: every element's on-site overlap block in model order
+    (zero rows for elements outside the layout), from PySCF's ``int1e_ovlp`` of the lone atom.
+
+    The on-site block of S couples two AOs of one atom, so it is the same in every molecule.
+    """
+    table = torch.zeros(max(layout.elements) + 1, layout.width, layout.width, dtype=torch.float64)
+    for z in layout.elements:
+        atom = block_data(layout, torch.tensor([z]))
+        s = mole([z], np.zeros((1, 3)), layout.basis).intor("int1e_ovlp")
+        table[z] = split(torch.as_tensor(s).reshape(-1), atom)[0][0]
+    return table
+
+
 def molecule_data(
     record: MoleculeRecord,
     layout: AOLayout,
     dtype: torch.dtype = torch.float64,
     where: str = "",
+    overlap: Literal["full", "onsite"] = "full",
 ) -> Data:
-    """Build the PyG item of one molecule; checks the label against the layout."""
+    """Build the PyG item of one molecule; checks the label against the layout.
+
+    ``overlap="onsite"`` gives ``s_diag`` only, from :func:`onsite_overlap_blocks` (exactly the
+    diagonal blocks of the full S); ``"full"`` gives ``s_diag`` and ``s_off`` of the whole S.
+    """
     z = torch.as_tensor(record.atomic_numbers, dtype=torch.long)
     name = f"{where}molecule id {record.id}"
     try:
@@ -59,10 +88,14 @@ def molecule_data(
     except Exception as err:
         raise DataError(f"{name}: {err}") from None
     n_ao = int(data.n_ao)
-    overlap = record.overlap
-    if overlap is None:
-        overlap = mole(record.atomic_numbers, record.positions, layout.basis).intor("int1e_ovlp")
-    for what, matrix in (("Hamiltonian", record.hamiltonian), ("overlap", overlap)):
+    s = None
+    if overlap == "full":
+        s = record.overlap
+        if s is None:
+            s = mole(record.atomic_numbers, record.positions, layout.basis).intor("int1e_ovlp")
+    for what, matrix in (("Hamiltonian", record.hamiltonian), ("overlap", s)):
+        if matrix is None and what == "overlap":
+            continue
         if matrix is None:
             raise DataError(f"{name}: no {what}")
         if matrix.shape != (n_ao, n_ao):
@@ -74,8 +107,15 @@ def molecule_data(
             raise DataError(f"{name}: {what} contains NaN or inf")
     h = torch.as_tensor(record.hamiltonian, dtype=dtype).reshape(-1)
     data.h_diag, data.h_off = split(h, data)
-    data.s_diag, data.s_off = split(torch.as_tensor(overlap, dtype=dtype).reshape(-1), data)
+    if s is None:
+        data.s_diag = onsite_overlap_blocks(layout)[z].to(dtype)
+    else:
+        data.s_diag, data.s_off = split(torch.as_tensor(s, dtype=dtype).reshape(-1), data)
     return data
+
+
+def _nbytes(data: Data) -> int:
+    return sum(v.numel() * v.element_size() for v in data.values() if isinstance(v, torch.Tensor))
 
 
 class HamiltonianDataset(Dataset):
@@ -87,7 +127,12 @@ class HamiltonianDataset(Dataset):
             mismatch is an error), required otherwise (raw QH9 files are def2-SVP).
         layout: AO layout to use, e.g. a model's; default: the basis over the file's elements.
         ids: restrict to these molecule ids (a split), in this order.
-        cache: keep built items in memory (for small datasets).
+        dtype: floating-point type of positions and matrices.
+        overlap: ``"full"`` (``s_diag`` and ``s_off``: orbital energies need the whole S) or
+            ``"onsite"`` (``s_diag`` only: all a model reads; no integrals per molecule).
+        cache: keep built items in memory, as long as they fit ``cache_mb``.
+        cache_mb: memory budget of the cache in MiB; once full, later items are rebuilt on
+            every access. Each DataLoader worker process holds its own cache.
         transform: applied to every built item (before caching), e.g.
             :class:`deqh_core.deq.InitialGuess`.
     """
@@ -99,7 +144,9 @@ class HamiltonianDataset(Dataset):
         layout: AOLayout | None = None,
         ids: list[int] | None = None,
         dtype: torch.dtype = torch.float64,
+        overlap: Literal["full", "onsite"] = "full",
         cache: bool = False,
+        cache_mb: float = 2048,
         transform=None,
     ):
         from deqh_core.data.md17 import open_source
@@ -120,10 +167,14 @@ class HamiltonianDataset(Dataset):
         elif layout.basis.lower() != basis.lower():
             raise DataError(f"{self.path}: layout is for {layout.basis!r}, data for {basis!r}")
         self.layout = layout
+        if overlap not in ("full", "onsite"):
+            raise ValueError(f"overlap must be 'full' or 'onsite', not {overlap!r}")
         self.dtype = dtype
+        self.overlap = overlap
         self.transform = transform
         self._basis = basis
-        self._cache: dict[int, Data] | None = {} if cache else None
+        self._cache: dict[int, Data] | None = {} if cache and cache_mb > 0 else None
+        self._cache_room = int(cache_mb * 2**20)
         self._reader, self._pid = reader, os.getpid()
 
     def __len__(self) -> int:
@@ -142,11 +193,16 @@ class HamiltonianDataset(Dataset):
         mol_id = self.ids[index]
         if self._cache is not None and mol_id in self._cache:
             return self._cache[mol_id]
-        data = molecule_data(self.reader.get(mol_id), self.layout, self.dtype, f"{self.path}: ")
+        record = self.reader.get(mol_id)
+        data = molecule_data(record, self.layout, self.dtype, f"{self.path}: ", self.overlap)
         if self.transform is not None:
             data = self.transform(data)
-        if self._cache is not None:
+        # the item's own gather tables (cached on it while its blocks were split) are larger
+        # than its blocks and a batch makes its own: do not keep or ship them
+        data.__dict__.pop("_block_gather", None)
+        if self._cache is not None and (size := _nbytes(data)) <= self._cache_room:
             self._cache[mol_id] = data
+            self._cache_room -= size
         return data
 
     def records(self):

@@ -17,7 +17,7 @@ import numpy as np
 
 from deqh_core.basis import AOLayout, symbol
 from deqh_core.convention import convert
-from deqh_core.data.store import HamiltonianDB, MoleculeRecord
+from deqh_core.data.store import HamiltonianDB, MoleculeInfo, MoleculeRecord
 from deqh_core.errors import DataError, DeqhError
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -91,6 +91,19 @@ class MD17Reader:
         """ASE row ids, ascending."""
         return self._read(
             lambda: sorted(int(r.id) for r in self._db.select(include_data=False)), "listing rows"
+        )
+
+    def infos(self) -> list[MoleculeInfo]:
+        """Id and atomic numbers of every row, ascending (no matrices read); no sources."""
+        return self._read(
+            lambda: sorted(
+                (
+                    MoleculeInfo(int(r.id), np.asarray(r.numbers, dtype=np.int64))
+                    for r in self._db.select(include_data=False)
+                ),
+                key=lambda info: info.id,
+            ),
+            "listing rows",
         )
 
     def get(self, mol_id: int) -> MoleculeRecord:

@@ -56,6 +56,15 @@ class MoleculeRecord:
     wall_time: float | None = None  # seconds the label took
 
 
+@dataclass
+class MoleculeInfo:
+    """What splits need of a molecule, read without its matrices or positions."""
+
+    id: int
+    atomic_numbers: np.ndarray  # [n_atoms] int64
+    source: str | None = None
+
+
 def _square(blob: bytes, what: str, where: str) -> np.ndarray:
     flat = np.frombuffer(blob, dtype="<f8")
     n = round(float(np.sqrt(flat.size)))
@@ -120,6 +129,16 @@ class HamiltonianDB:
         for (blob,) in self._query(f"SELECT {self._select[2]} FROM data"):
             found.update(np.frombuffer(blob, dtype="<i4").tolist())
         return sorted(found)
+
+    def infos(self) -> list[MoleculeInfo]:
+        """Id, atomic numbers and source of every molecule, ascending by id; reads neither
+        positions nor matrices, so it is cheap on a file of any size."""
+        source = self._select[5] if self._bohr else ("source" if "source" in self._extras else None)
+        cols = f"{self._select[0]}, {self._select[2]}, {source or 'NULL'}"
+        return [
+            MoleculeInfo(int(i), np.frombuffer(z, dtype="<i4").astype(np.int64), src)
+            for i, z, src in self._query(f"SELECT {cols} FROM data ORDER BY 1")
+        ]
 
     def get(self, mol_id: int) -> MoleculeRecord:
         cols = ", ".join(self._select)
