@@ -76,16 +76,17 @@ class ReducedSolver(torch.nn.Module):
         self.backbone = spec.factory(config, layout, irreps)
 
     def inject(self, batch) -> Any:
-        s_features = self.reduction(batch.s_diag, batch.z) if self.capabilities.reads_s else None
-        return self.backbone.inject(batch), s_features
+        rows = self.reduction.rows(batch.z) if self.reduction is not None else None
+        s_features = self.reduction(batch.s_diag, rows=rows) if self.capabilities.reads_s else None
+        return self.backbone.inject(batch), s_features, rows
 
     def forward(self, batch, h: Blocks | None, injection: Any) -> Blocks:
-        inner, s_features = injection
+        inner, s_features, rows = injection
         features = []
         if self.capabilities.reads_h:
             if h is None:
                 raise BackboneError("this solver reads H: give the current Hamiltonian blocks")
-            features.append(self.reduction(h.diag, batch.z))
+            features.append(self.reduction(h.diag, rows=rows))
         if s_features is not None:
             features.append(s_features)
         node = _interleave(features, self.reduction.irreps_out) if features else None

@@ -18,6 +18,13 @@ and residuals are Frobenius norms of full-matrix differences, in Hartree:
 (The public DEQHNet code hands torchdeq ``[n_blocks, A, A]`` instead, so every block is stopped
 and picked from its own iteration independently; we do not.)
 
+Per-molecule stopping: ``f_solver="fixed_point_iter"`` runs :mod:`deqh_core.fixed_point`, a
+fixed-point iteration registered with torchdeq in which every molecule stops (freezes) on its
+own, so a molecule's fixed point and iteration count do not depend on its batch-mates, and which
+keeps its bookkeeping on the device (no host synchronisation per evaluation). torchdeq's own
+``fixed_point_iter`` stops the whole batch on its largest residual. Anderson and Broyden are
+torchdeq's, batch-coupled: their answer for one molecule can depend on the batch.
+
 torchdeq behaviours worth knowing (torchdeq 0.1.0), all handled here:
 
 * ``get_deq`` silently ignores keys it does not read (``stop_mode`` instead of ``f_stop_mode``
@@ -32,8 +39,9 @@ torchdeq behaviours worth knowing (torchdeq 0.1.0), all handled here:
 * Anderson with ``max_iter <= 2`` never mixes and returns the initial guess unchanged (and as an
   IFT backward solver returns a zero gradient); :class:`DEQConfig` rejects it.
 * A NaN in any iterate leaks into the returned state through ``0 * NaN`` in torchdeq's best-iterate
-  bookkeeping; we detect non-finite residuals ourselves and raise :class:`DEQFailure` (or report
-  it, see ``on_failure``).
+  bookkeeping; we detect non-finite residuals ourselves (at the end of the solve, so that no
+  evaluation waits for the host) and raise :class:`DEQFailure` (or report it, see
+  ``on_failure``). The per-molecule solver freezes such a molecule at its last finite estimate.
 * In training mode torchdeq returns ``f(z*)`` with the gradient attached (one more evaluation for
   IFT, ``phantom_steps`` more for the phantom gradient); in eval mode it returns ``z*`` without a
   graph and uses ``eval_f_max_iter``.
@@ -53,6 +61,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
+from deqh_core import fixed_point
 from deqh_core.blocks import assemble, block_gather, split
 from deqh_core.errors import DataError, DeqhError
 from deqh_core.recipe import Recipe
@@ -124,8 +133,9 @@ class DEQConfig(BaseModel):
     solver, so the paper's "backward iterations" only take effect with ``grad="implicit"``.
 
     Attributes:
-        f_solver: torchdeq forward solver (a name in torchdeq's solver registry:
-            ``fixed_point_iter``, ``anderson``, ``broyden``, ``simple_fixed_point_iter``).
+        f_solver: forward solver: ``fixed_point_iter`` (fixed-point iteration stopped per
+            molecule, :mod:`deqh_core.fixed_point`) or a name in torchdeq's solver registry
+            (``anderson``, ``broyden``, ``simple_fixed_point_iter``; batch-coupled).
         b_solver: torchdeq solver of the implicit-gradient linear system (``grad="implicit"``).
         f_max_iter: most forward-solver evaluations of the backbone per batch (training).
         b_max_iter: most backward-solver iterations (``grad="implicit"`` only).
@@ -144,8 +154,12 @@ class DEQConfig(BaseModel):
         anderson_m, anderson_lam: Anderson history size and regularisation.
         init: initial Hamiltonian: ``"identity"`` (paper default) or the PySCF guess
             ``"minao"`` / ``"1e"``, read from the batch (:class:`InitialGuess` puts it there).
-        on_failure: ``"raise"`` a :class:`DEQFailure` as soon as an iterate is non-finite, or
-            ``"report"`` it in :class:`DEQDiagnostics` and return torchdeq's estimate.
+        on_failure: ``"raise"`` a :class:`DEQFailure` when an iterate was non-finite (checked
+            once the solve ends), or ``"report"`` it in :class:`DEQDiagnostics` and return the
+            estimate.
+        sync_every: on CUDA, evaluations between the per-molecule solver's tests whether every
+            molecule has stopped (each test waits for the GPU); on the CPU it tests after every
+            evaluation. Results do not depend on it, only the number of evaluations run.
         residual_weight: weight of the fixed-point penalty added to the training loss
             (:func:`deqh_core.metrics.training_loss`): RMSE + MAE of ``f(H*) - H*`` over the
             valid block entries, with the gradient through ``f``. 0 is the paper's loss. The
@@ -174,6 +188,7 @@ class DEQConfig(BaseModel):
     init: Literal["identity", "minao", "1e"] = "identity"
     on_failure: Literal["raise", "report"] = "raise"
     residual_weight: float = Field(0.0, ge=0)
+    sync_every: int = Field(4, ge=1)
 
     @field_validator("f_solver", "b_solver")
     @classmethod
@@ -232,7 +247,7 @@ class DEQConfig(BaseModel):
         """The keyword arguments of ``torchdeq.get_deq``: exactly the keys torchdeq reads."""
         return {
             "core": self.core,
-            "f_solver": self.f_solver,
+            "f_solver": fixed_point.NAME if self.per_molecule else self.f_solver,
             "b_solver": self.b_solver,
             "f_max_iter": self.f_max_iter,
             "b_max_iter": self.b_max_iter,
@@ -247,8 +262,16 @@ class DEQConfig(BaseModel):
             "tau": self.phantom_tau,
         }
 
-    def solver_kwargs(self) -> dict[str, Any]:
+    @property
+    def per_molecule(self) -> bool:
+        """Whether the forward solver stops every molecule on its own."""
+        return self.f_solver == "fixed_point_iter"
+
+    def solver_kwargs(self, device: torch.device | None = None) -> dict[str, Any]:
         """Per-call options of the forward solver (torchdeq's ``solver_kwargs``)."""
+        if self.per_molecule:
+            cuda = device is not None and torch.device(device).type == "cuda"
+            return {"tau": self.f_tau, "check_every": self.sync_every if cuda else 1}
         if self.f_solver == "broyden":
             return {}
         kwargs: dict[str, Any] = {"tau": self.f_tau}
@@ -380,11 +403,16 @@ def identity_blocks(batch, dtype: torch.dtype | None = None) -> Blocks:
 
 
 class _Recorder:
-    """The function torchdeq iterates, plus the bookkeeping of the forward solve."""
+    """The function torchdeq iterates, plus the bookkeeping of the forward solve.
 
-    def __init__(self, solver, batch, injection, state: _State, config: DEQConfig):
+    With ``trace`` it records every forward evaluation's residuals (on the device) for solvers
+    whose own traces are unusable (torchdeq's, see the module doc); the per-molecule solver
+    reports its own. Nothing here waits for the device.
+    """
+
+    def __init__(self, solver, batch, injection, state: _State, trace: bool):
         self.solver, self.batch, self.injection = solver, batch, injection
-        self.state, self.config = state, config
+        self.state, self.trace = state, trace
         self.active = True
         self.grad_step: tuple[torch.Tensor, torch.Tensor] | None = None
         self.abs: list[torch.Tensor] = []
@@ -397,31 +425,30 @@ class _Recorder:
         # grad enabled (the wrapper makes sure of that), so this tells the two apart.
         if self.active and torch.is_grad_enabled():
             self.grad_step = (z.detach(), z_next)  # the gradient's evaluation (the last wins)
-        elif self.active:
+        elif self.active and self.trace:
             abs_res = (z_next - z).norm(dim=1)
             self.abs.append(abs_res)
             self.rel.append(abs_res / (z_next.norm(dim=1) + 1e-9))
-            if self.config.on_failure == "raise" and not bool(torch.isfinite(abs_res).all()):
-                raise DEQFailure(self._nonfinite_message())
         return z_next
 
-    def nonfinite(self) -> bool:
-        return bool(self.abs) and not bool(torch.isfinite(torch.stack(self.abs)).all())
 
-    def _nonfinite_message(self) -> str:
-        bad = (~torch.isfinite(self.abs[-1])).nonzero().flatten().tolist()
-        ids = getattr(self.batch, "mol_id", None)
-        which = f"molecule(s) {bad} of the batch"
-        if isinstance(ids, torch.Tensor):
-            which += f" (mol_id {ids.reshape(-1)[bad].tolist()})"
-        trace = torch.stack(self.abs, 1)[bad[0]].tolist()
-        return (
-            f"DEQ forward solve ({self.config.f_solver}) produced a non-finite Hamiltonian at "
-            f"evaluation {len(self.abs)} for {which}; abs residual trace of the first: "
-            f"{[f'{r:.3g}' for r in trace]}. The backbone's iteration map is unstable there "
-            "(try a smaller learning rate, f_tau < 1, or another f_solver); set "
-            "on_failure='report' to get the estimate and diagnostics instead of this error."
-        )
+def _nonfinite_message(config: DEQConfig, abs_trace: torch.Tensor, batch) -> str:
+    """What to tell the user about the molecules whose iterates were not finite."""
+    bad_rows = ~torch.isfinite(abs_trace).all(dim=1)
+    bad = bad_rows.nonzero().flatten().tolist()
+    first = int((~torch.isfinite(abs_trace[bad[0]])).nonzero()[0]) + 1
+    ids = getattr(batch, "mol_id", None)
+    which = f"molecule(s) {bad} of the batch"
+    if isinstance(ids, torch.Tensor):
+        which += f" (mol_id {ids.reshape(-1).cpu()[bad].tolist()})"
+    trace = abs_trace[bad[0], :first].tolist()
+    return (
+        f"DEQ forward solve ({config.f_solver}) produced a non-finite Hamiltonian at evaluation "
+        f"{first} for {which}; abs residual trace of the first: "
+        f"{[f'{r:.3g}' for r in trace]}. The backbone's iteration map is unstable there "
+        "(try a smaller learning rate, f_tau < 1, or another f_solver); set "
+        "on_failure='report' to get the estimate and diagnostics instead of this error."
+    )
 
 
 class DEQHamiltonianSolver(nn.Module):
@@ -507,11 +534,11 @@ class DEQHamiltonianSolver(nn.Module):
         state = _State(batch)
         h0 = h_init if h_init is not None else self.initial_guess(batch)
         injection = self.solver.inject(batch)
-        func = _Recorder(self.solver, batch, injection, state, config)
+        func = _Recorder(self.solver, batch, injection, state, trace=not config.per_molecule)
         z0 = state.pack(h0)
 
         train_graph = self.training and torch.is_grad_enabled()
-        solver_kwargs = config.solver_kwargs()
+        solver_kwargs = config.solver_kwargs(z0.device)
         if self.training and not train_graph:
             solver_kwargs["f_max_iter"] = config.f_max_iter  # solve as in training, no graph
         was_training = self.deq.training
@@ -522,7 +549,7 @@ class DEQHamiltonianSolver(nn.Module):
             )
         except torch.linalg.LinAlgError as err:
             raise DEQFailure(
-                f"DEQ forward solver {config.f_solver!r} failed at evaluation {len(func.abs)}: "
+                f"DEQ forward solver {config.f_solver!r} failed: "
                 f"{err}. This usually follows a non-finite or exploding iterate; try "
                 "f_solver='fixed_point_iter' or a larger anderson_lam"
             ) from err
@@ -530,6 +557,8 @@ class DEQHamiltonianSolver(nn.Module):
             func.active = False
             self.deq.train(was_training)
         diagnostics = self._diagnostics(func, info, state.n_molecules)
+        if diagnostics.nonfinite and config.on_failure == "raise":
+            raise DEQFailure(_nonfinite_message(config, diagnostics.abs_trace, batch))
         if train_graph and func.grad_step is not None:
             z_in, z_next = func.grad_step
             residual = state.unpack(z_next - z_in)
@@ -538,7 +567,10 @@ class DEQHamiltonianSolver(nn.Module):
 
     def _diagnostics(self, func: _Recorder, info: dict, n_molecules: int) -> DEQDiagnostics:
         config = self.config
-        if func.abs:
+        if config.per_molecule:
+            abs_trace = info["abs_trace"].detach().cpu()
+            rel_trace = info["rel_trace"].detach().cpu()
+        elif func.abs:
             abs_trace = torch.stack(func.abs, 1).detach().cpu()
             rel_trace = torch.stack(func.rel, 1).detach().cpu()
         else:
@@ -552,7 +584,7 @@ class DEQHamiltonianSolver(nn.Module):
             growing = abs_trace[:, -1] > abs_trace[:, 0]
         else:
             growing = torch.zeros(n_molecules, dtype=torch.bool)
-        nonfinite = func.nonfinite()
+        nonfinite = not bool(torch.isfinite(abs_trace).all())
         return DEQDiagnostics(
             nfe=abs_trace.shape[1],
             nstep=info["nstep"].detach().reshape(-1).cpu().long(),

@@ -266,21 +266,30 @@ class DiagonalReduction(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"{self.layout!r}, normalize={self.normalize!r}, eps={self.eps:g}"
 
-    def forward(self, diag: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def rows(self, z: torch.Tensor) -> torch.Tensor:
+        """``[n_atoms]`` each atom's row of ``table``; checks the elements (one host
+        synchronisation: do it once per batch, e.g. in a solver's ``inject``)."""
+        row = self.element_row[z]
+        if bool((row < 0).any()):
+            bad = sorted({int(x) for x in z[row < 0].tolist()})
+            raise BasisError(f"atomic numbers {bad} are not in the layout {self.layout!r}")
+        return row
+
+    def forward(
+        self, diag: torch.Tensor, z: torch.Tensor | None = None, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Features of on-site blocks.
 
         Args:
             diag: ``[n_atoms, A, A]`` on-site blocks in the model's e3nn order (block form),
                 e.g. Hartree for H; entries outside an atom's slots are ignored.
-            z: ``[n_atoms]`` atomic numbers.
+            z: ``[n_atoms]`` atomic numbers (checked), or
+            rows: ``[n_atoms]`` their :meth:`rows`, already checked (no host synchronisation).
 
         Returns:
             ``[n_atoms, 60]`` features ``16x0e + 8x1o + 4x2e`` in ``diag``'s dtype and device.
         """
-        row = self.element_row[z]
-        if bool((row < 0).any()):
-            bad = sorted({int(x) for x in z[row < 0].tolist()})
-            raise BasisError(f"atomic numbers {bad} are not in the layout {self.layout!r}")
+        row = self.rows(z) if rows is None else rows
         table = self.table.to(diag.dtype)
         # every atom against every element's table in one matmul, then pick its own element:
         # layouts hold few elements, and this avoids materialising [n_atoms, A, A, 60]

@@ -164,6 +164,100 @@ def test_converges_to_the_analytic_fixed_point(batch, f_solver):
         torch.testing.assert_close(diag.abs_trace[:, -1], diag.abs_residual)
 
 
+class RateToy(MapToy):
+    """``H <- r H + (1 - r) S`` with each molecule's own rate ``r`` (0.9 with carbon, 0.3
+    without), so molecules of one batch converge after different numbers of evaluations."""
+
+    capabilities = Capabilities(reads_h=True, reads_s=True)
+
+    def __init__(self):
+        super().__init__(None)
+
+    def forward(self, batch, h, injection):
+        carbon = torch.zeros(batch.num_graphs, dtype=torch.bool).index_put(
+            (batch.batch,), batch.z == 6, accumulate=True
+        )
+        rate = torch.where(carbon, 0.9, 0.3).to(F64)
+        r_ii = rate[batch.batch][:, None, None]
+        r_ij = rate[batch.batch[batch.pair_index[0]]][:, None, None]
+        return Blocks(
+            r_ii * h.diag + (1 - r_ii) * batch.s_diag, r_ij * h.off + (1 - r_ij) * batch.s_off
+        )
+
+
+def test_a_molecules_fixed_point_does_not_depend_on_its_batch(items):
+    """Water converges slowly, methanol fast: alone and together each gets the same estimate,
+    residual and step count (torchdeq's own iteration would run methanol as long as water)."""
+    config = DEQConfig(f_max_iter=200, f_tol=1e-7)
+    deq = DEQHamiltonianSolver(RateToy(), config).eval()
+    both = Batch.from_data_list(items)
+    h_both, d_both = deq(both)
+    flat_both = _real(h_both, both)
+    n = [int(item.n_ao) ** 2 for item in items]
+    for k, item in enumerate(items):
+        alone = Batch.from_data_list([item])
+        h, d = deq(alone)
+        part = flat_both[sum(n[:k]) : sum(n[: k + 1])]
+        torch.testing.assert_close(part, _real(h, alone), atol=1e-12, rtol=0)
+        assert d.nstep.item() == d_both.nstep[k].item()
+        assert d.abs_residual.item() == pytest.approx(d_both.abs_residual[k].item(), rel=1e-9)
+    assert d_both.nstep[1] > d_both.nstep[0]  # the two really stop at different evaluations
+    assert d_both.all_converged and d_both.nfe == int(d_both.nstep.max())
+
+
+def test_a_broken_molecule_does_not_spoil_its_batch_mates(items):
+    """A non-finite molecule is reported; its batch-mate converges as it does alone."""
+
+    class Poisoned(LinearToy):
+        def forward(self, batch, h, injection):
+            out = super().forward(batch, h, injection)
+            bad = (batch.z == 6).any()  # methanol's atoms are poisoned after the first step
+            scale = torch.where(batch.z == 6, float("nan"), 1.0).to(F64)
+            if len(self.inputs) > 1 and bad:
+                return Blocks(out.diag * scale[:, None, None], out.off)
+            return out
+
+    config = DEQConfig(f_max_iter=100, f_tol=1e-9, on_failure="report")
+    both = Batch.from_data_list(items)
+    _, diag = DEQHamiltonianSolver(Poisoned(), config).eval()(both)
+    assert diag.nonfinite and diag.converged.tolist() == [True, False]
+    with pytest.raises(DEQFailure, match=r"mol_id \[1\]"):
+        DEQHamiltonianSolver(Poisoned(), DEQConfig(f_max_iter=100, f_tol=1e-9)).eval()(both)
+
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@cuda
+def test_no_host_synchronisation_inside_a_deq_iteration_on_cuda(items, monkeypatch):
+    """torch.cuda sync debug mode "error" raises on any host synchronisation: around each
+    evaluation (state unpacking, the solver, packing) and in the solver's bookkeeping when it
+    never tests for an early exit."""
+    from deqh_core import deq as deq_module
+    from deqh_core.fixed_point import per_molecule_fixed_point
+
+    def no_sync(fn):
+        def guarded(*args, **kwargs):
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+
+        return guarded
+
+    target = torch.randn(3, 50, dtype=F64, device="cuda")
+    no_sync(per_molecule_fixed_point)(
+        lambda x: 0.5 * x + target, torch.zeros_like(target), max_iter=12, tol=1e-9, check_every=100
+    )
+    monkeypatch.setattr(deq_module._Recorder, "__call__", no_sync(deq_module._Recorder.__call__))
+    batch = Batch.from_data_list(items).to("cuda")
+    deq = DEQHamiltonianSolver(TanhToy().to("cuda"), DEQConfig(f_max_iter=8, f_tol=1e-30))
+    _, diag = deq.eval()(batch)
+    assert diag.nfe == 8 and not diag.failed
+
+
 def test_one_iteration_is_reported_as_not_converged(batch):
     deq = DEQHamiltonianSolver(LinearToy(), DEQConfig(f_max_iter=1, f_tol=1e-10)).eval()
     _, diag = deq(batch)

@@ -244,6 +244,25 @@ def test_parity_inversion(float64, reads_h, reads_s):
     torch.testing.assert_close(inverted.off, ref.off * parity, atol=1e-9, rtol=0)
 
 
+def test_water_alone_and_beside_a_distorted_molecule_get_the_same_fixed_point(float64):
+    """The DEQ stops every molecule on its own: water's prediction does not depend on what
+    else is in its batch, even next to a molecule its map cannot solve."""
+    torch.manual_seed(0)
+    solver = ReducedSolver(get_backbone("qhnet"), QHNetConfig(**SMALL), LAYOUT, True, True)
+    deq = DEQHamiltonianSolver(solver, DEQConfig(f_max_iter=30, f_tol=1e-4)).eval()
+    rng = np.random.default_rng(0)
+    distorted = _item("methanol", lambda p: p + rng.normal(0, 0.3, p.shape), mol_id=1)
+    water = _item("water")
+    with torch.no_grad():
+        alone, d_alone = deq(Batch.from_data_list([water]))
+        both, d_both = deq(Batch.from_data_list([water, distorted]))
+    n_atoms = water.num_nodes
+    n_pairs = water.pair_index.shape[1]
+    torch.testing.assert_close(both.diag[:n_atoms], alone.diag, atol=1e-8, rtol=0)
+    torch.testing.assert_close(both.off[:n_pairs], alone.off, atol=1e-8, rtol=0)
+    assert d_both.nstep[0] == d_alone.nstep[0] < d_both.nstep[1]  # they stop apart
+
+
 def test_far_pairs_get_blocks_beyond_the_cutoff(float64):
     torch.manual_seed(0)
     model = QHNet(QHNetConfig(**SMALL, cutoff=1.3), LAYOUT)
