@@ -12,10 +12,14 @@ variant            DEQ solver   reads S      the paper's name
 ``qhnet-s``        no           yes          QHNet with the overlap matrix
 =================  ===========  ===========  ==========================================
 
+With ``--prior 1e`` / ``--prior minao`` (repeatable, with ``none``) every variant is also
+trained on top of that prior Hamiltonian (:mod:`deqh_core.prior`), as run ``<variant>+<prior>``.
+
 Layout of ``--out`` (default ``runs/ablation``)::
 
     ablation.json     the settings the ablation was started with (a rerun must match them)
     <variant>/        a ``deqh train`` run directory (checkpoints, metrics.csv, config.yaml)
+    <variant>+<prior>/  the same variant with a prior
     <variant>/eval.json   the variant's evaluation; its presence marks the variant done
     ablation.md       Markdown table of every finished variant
     ablation.png      bar chart of H MAE, occupied-orbital-energy MAE and ψ similarity
@@ -88,11 +92,24 @@ def base_config(
     return load_config(preset, config_file, *overrides, flags)
 
 
-def variant_config(base: TrainConfig, variant: str, out: str | Path) -> TrainConfig:
-    """``base`` as ``variant``, training into ``out/variant``."""
+def run_name(variant: str, prior: str = "none") -> str:
+    """The run directory name of ``variant`` with ``prior``: ``qhnet``, ``qhnet+minao``."""
+    return variant if prior == "none" else f"{variant}+{prior}"
+
+
+def split_name(name: str) -> tuple[Variant, str]:
+    """Inverse of :func:`run_name`: the variant and the prior."""
+    variant, _, prior = name.partition("+")
+    return VARIANTS[variant], prior or "none"
+
+
+def variant_config(
+    base: TrainConfig, variant: str, out: str | Path, prior: str = "none"
+) -> TrainConfig:
+    """``base`` as ``variant`` with ``prior``, training into ``out/<run name>``."""
     v = VARIANTS[variant]
-    model = base.model.model_copy(update={"deq": v.deq, "overlap": v.overlap})
-    run = base.run.model_copy(update={"out": Path(out) / v.name})
+    model = base.model.model_copy(update={"deq": v.deq, "overlap": v.overlap, "prior": prior})
+    run = base.run.model_copy(update={"out": Path(out) / run_name(variant, prior)})
     return base.model_copy(update={"model": model, "run": run})
 
 
@@ -119,7 +136,7 @@ def _differences(old: Any, new: Any, where: str = "") -> list[str]:
 def _check_settings(out: Path, settings: dict) -> None:
     """Bind ``out`` to ``settings`` once a variant has checkpoints; refuse other settings."""
     path = out / "ablation.json"
-    started = any((out / name / "last.pt").exists() for name in VARIANTS)
+    started = any(p.parent.name.partition("+")[0] in VARIANTS for p in out.glob("*/last.pt"))
     if path.exists() and started:
         try:
             saved = json.loads(path.read_text())
@@ -179,12 +196,14 @@ def run_variant(
     out: str | Path,
     split: str = "test",
     log=print,
+    prior: str = "none",
 ) -> EvaluationResult:
     """Train (or resume, or skip when done) one variant, then evaluate its ``best.pt``."""
     from deqh_core.evaluate import evaluate_checkpoint
     from deqh_core.train import Trainer
 
-    cfg = variant_config(base, variant, out)
+    cfg = variant_config(base, variant, out, prior)
+    variant = run_name(variant, prior)
     run_dir = Path(cfg.run.out)
     done = run_dir / "eval.json"
     if done.exists():
@@ -230,7 +249,7 @@ def _load_result(path: Path) -> EvaluationResult:
 
 @dataclass
 class AblationResult:
-    results: dict[str, EvaluationResult]  # by variant name, in VARIANTS order
+    results: dict[str, EvaluationResult]  # by run name (run_name), priors then VARIANTS order
     markdown: Path
     chart: Path
 
@@ -246,18 +265,25 @@ def run_ablation(
     variants: list[str] | None = None,
     split: str = "test",
     log=print,
+    priors: list[str] | None = None,
 ) -> AblationResult:
-    """Train and evaluate the variants (all four by default) and write the table and chart.
+    """Train and evaluate the variants (all four by default), each with every prior
+    (default: none), and write the table and chart.
 
-    Every variant gets the same config except ``model.deq`` / ``model.overlap``: the same data
-    and split, seed, optimiser and budget (``steps`` optimiser steps and/or ``minutes`` of
-    wall time, whichever ends first). Evaluation is on the recorded ``split`` of each run,
-    on the config's ``run.device``; ``log`` receives one line per variant.
+    Every run gets the same config except ``model.deq`` / ``model.overlap`` / ``model.prior``:
+    the same data and split, seed, optimiser and budget (``steps`` optimiser steps and/or
+    ``minutes`` of wall time, whichever ends first). Evaluation is on the recorded ``split`` of
+    each run, on the config's ``run.device``; ``log`` receives one line per run.
     """
+    from deqh_core.prior import PRIORS
+
     names = list(variants or VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise AblationError(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    priors = list(dict.fromkeys(priors or ["none"]))
+    if bad := [p for p in priors if p not in PRIORS]:
+        raise AblationError(f"unknown prior(s) {bad}; known: {', '.join(PRIORS)}")
     from deqh_core.plugins import get_backbone
 
     out = Path(out)
@@ -266,9 +292,10 @@ def run_ablation(
     _check_split(base, split)
     _check_settings(out, _settings(base, split))
     results: dict[str, EvaluationResult] = {}
-    for name in VARIANTS:
-        if name in names:
-            results[name] = run_variant(base, name, out, split, log)
+    for prior in priors:
+        for name in VARIANTS:
+            if name in names:
+                results[run_name(name, prior)] = run_variant(base, name, out, split, log, prior)
     markdown = write_markdown(results, base, out / "ablation.md")
     chart = write_chart(results, base, out / "ablation.png")
     return AblationResult(results, markdown, chart)
@@ -286,12 +313,13 @@ def table_rows(results: dict[str, EvaluationResult]) -> list[list[str]]:
     """Rows of the ablation table (energies in 1e-6 Hartree, ψ in percent)."""
     rows = []
     for name, r in results.items():
-        v, m = VARIANTS[name], r.summary
+        (v, prior), m = split_name(name), r.summary
         rows.append(
             [
                 v.label,
                 "yes" if v.deq else "no",
                 "yes" if v.overlap else "no",
+                prior,
                 str(r.step),
                 _micro(m["h_mae_all"]),
                 _micro(m["h_mae_diag"]),
@@ -310,6 +338,7 @@ HEADER = [
     "variant",
     "DEQ",
     "S",
+    "prior",
     "steps",
     "H MAE [1e-6 Ha]",
     "diag",
@@ -341,24 +370,30 @@ def write_markdown(results: dict[str, EvaluationResult], base: TrainConfig, path
         + " per variant.",
         "",
         "| " + " | ".join(HEADER) + " |",
-        "|" + "|".join("---" if i < 3 else "---:" for i in range(len(HEADER))) + "|",
+        "|" + "|".join("---" if i < 4 else "---:" for i in range(len(HEADER))) + "|",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
+def _label(name: str) -> str:
+    variant, prior = split_name(name)
+    return variant.label if prior == "none" else f"{variant.label} + {prior}"
+
+
 def write_chart(results: dict[str, EvaluationResult], base: TrainConfig, path: Path) -> Path:
     """Fig. 5 analogue: bars of H MAE, ε MAE (1e-6 Ha) and ψ similarity (%) per variant."""
     from matplotlib.figure import Figure  # not pyplot: no global backend or figure state
 
-    labels = [VARIANTS[n].label for n in results]
+    labels = [_label(n) for n in results]
     panels = (
         ("H MAE [$10^{-6}$ Ha]", [r.summary["h_mae_all"] * 1e6 for r in results.values()]),
         ("ε MAE [$10^{-6}$ Ha]", [r.summary["eps_occ_mae"] * 1e6 for r in results.values()]),
         ("ψ similarity [%]", [r.summary["psi_cos"] * 100 for r in results.values()]),
     )
-    colors = ["#1f77b4", "#aec7e8", "#ff7f0e", "#ffbb78"][: len(labels)]
+    palette = {"deqhnet": "#1f77b4", "deqhnet-no-s": "#aec7e8", "qhnet": "#ff7f0e"}
+    colors = [palette.get(split_name(n)[0].name, "#ffbb78") for n in results]
     fig = Figure(figsize=(12, 3.8))
     axes = fig.subplots(1, 3)
     for ax, (title, values) in zip(axes, panels):
@@ -399,6 +434,12 @@ def ablate_command(
         list[str] | None,
         typer.Option(help="Only these variants (repeatable): " + ", ".join(VARIANTS) + "."),
     ] = None,
+    prior: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also train every variant on this prior H0 (repeatable): none, 1e, minao."
+        ),
+    ] = None,
     split: Annotated[
         SplitName, typer.Option(help="Split the variants are evaluated on.")
     ] = SplitName.test,
@@ -434,10 +475,12 @@ def ablate_command(
         variant,
         split.value,
         log=lambda text: console.print(text, markup=False),
+        priors=prior,
     )
     table = Table(title=f"deqh ablate: {backbone}")
     for column in HEADER:
-        table.add_column(column, justify="left" if column in ("variant", "DEQ", "S") else "right")
+        left = column in ("variant", "DEQ", "S", "prior")
+        table.add_column(column, justify="left" if left else "right")
     for row in table_rows(result.results):
         table.add_row(*row)
     console.print(table)

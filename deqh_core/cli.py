@@ -239,13 +239,16 @@ def backbones_check(
     name: Annotated[str, typer.Argument(help="Registered backbone name.")],
     basis: Annotated[str, typer.Option(help="Basis set of the test molecules.")] = "def2-svp",
     seed: Annotated[int, typer.Option(help="Seed of weights, rotation and permutation.")] = 0,
+    prior: Annotated[
+        str, typer.Option(help="Check on top of a prior H0 too: none, 1e or minao.")
+    ] = "none",
 ) -> None:
     """Run the conformance kit (equivariance, invariances, symmetry, batching, DEQ) on NAME."""
     from rich.table import Table
 
     from deqh_core.testing import check_backbone
 
-    results = check_backbone(name, basis=basis, seed=seed, raise_on_failure=False)
+    results = check_backbone(name, basis=basis, seed=seed, raise_on_failure=False, prior=prior)
     table = Table(title=f"deqh backbones check {name}")
     for column in ("mode", "check", "result", "detail"):
         table.add_column(column)
@@ -269,6 +272,10 @@ def train_command(
         typer.Option(
             "--overlap/--no-overlap", help="Feed S's diagonal reduction (default: = --deq)."
         ),
+    ] = None,
+    prior: Annotated[
+        str | None,
+        typer.Option(help="Learn the correction to PySCF's H0: none, 1e or minao (see docs)."),
     ] = None,
     preset: Annotated[
         str | None, typer.Option(help="cpu-small, md17-water, ..., qh9-stable-id (see docs).")
@@ -310,6 +317,7 @@ def train_command(
     put("model", "backbone", backbone)
     put("model", "deq", deq)
     put("model", "overlap", overlap)
+    put("model", "prior", prior)
     put("data", "path", str(data) if data else None)
     put("data", "batch_size", batch_size)
     put("optim", "max_steps", steps)

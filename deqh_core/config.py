@@ -42,6 +42,9 @@ class DataConfig(_Strict):
         2048, ge=0, description="memory budget of that cache per process (each worker's own), MiB"
     )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (persistent)")
+    prior_workers: int = Field(
+        0, ge=0, description="processes computing the prior H0 before training; 0 = all CPUs"
+    )
     prefetch_factor: int = Field(4, ge=1, description="batches each worker prepares ahead")
 
 
@@ -52,6 +55,11 @@ class ModelConfig(_Strict):
         None, description="feed the overlap's diagonal reduction; None = same as deq (DEQHNet)"
     )
     params: dict[str, Any] = Field(default_factory=dict, description="backbone hyperparameters")
+    prior: Literal["none", "1e", "minao"] = Field(
+        "none",
+        description="learn the correction to PySCF's core Hamiltonian (1e) or minao Fock matrix "
+        "(minao), H = H0 + f; a DEQ then starts at H0; none = the paper",
+    )
 
     @property
     def reads_s(self) -> bool:
@@ -100,6 +108,16 @@ class TrainConfig(_Strict):
     deq: DEQConfig = DEQConfig()
     optim: OptimConfig = OptimConfig()
     run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _one_starting_hamiltonian(self) -> TrainConfig:
+        prior, init = self.model.prior, self.deq.init
+        if self.model.deq and prior != "none" and init not in ("identity", prior):
+            raise ValueError(
+                f"model.prior={prior!r} starts the DEQ at its H0, but deq.init={init!r}; "
+                "leave deq.init at identity (or set it to the prior)"
+            )
+        return self
 
 
 def _qh9(path: str, split: str, steps: int, split_seed: int = 0) -> dict:

@@ -51,20 +51,18 @@ torchdeq behaviours worth knowing (torchdeq 0.1.0), all handled here:
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from deqh_core import fixed_point
 from deqh_core.blocks import assemble, block_gather, split
-from deqh_core.errors import DataError, DeqhError
-from deqh_core.recipe import Recipe
+from deqh_core.errors import DeqhError
+from deqh_core.prior import InitialGuess
 from deqh_core.solver import Blocks, HamiltonianSolver
 
 __all__ = [
@@ -599,79 +597,3 @@ class DEQHamiltonianSolver(nn.Module):
             nonfinite=nonfinite,
             error="non-finite iterate" if nonfinite else None,
         )
-
-
-# ----------------------------------------------------------------------------------------------
-# PySCF initial guesses
-
-
-class InitialGuess:
-    """Dataset transform: put PySCF's initial-guess Hamiltonian on a molecule's PyG item.
-
-    ``kind="1e"``: the core Hamiltonian ``mf.get_hcore()`` (kinetic + nuclear attraction + ECP).
-    ``kind="minao"``: the recipe's Fock matrix of PySCF's minao guess density,
-    ``mf.get_fock(dm=mf.get_init_guess(key="minao"))`` (Coulomb, exchange and XC on the DFT grid).
-    Both are stored in block form as ``h0_diag [n_atoms, A, A]`` and ``h0_off [n_pairs, A, A]``
-    (model order, Hartree, split with the item's own tables) plus ``h0_kind``; the item is
-    shallow-copied, not modified.
-
-    Cost: ``"1e"`` is one-electron integrals only (milliseconds). ``"minao"`` is one Fock build:
-    the recipe's DFT grid, J/K and XC on it, about one SCF cycle plus grid setup (~0.2 s for
-    water, ~0.5 s for methanol with B3LYP/def2-SVP/grid 3 on one core; seconds for QH9-sized
-    molecules). For training, apply it once and cache the items rather than per epoch.
-
-    Args:
-        recipe: the DFT recipe of the labels (basis, functional, grid, charge, spin).
-        kind: ``"minao"`` or ``"1e"``.
-        dtype: dtype of the stored blocks (default: the item's ``pos`` dtype).
-    """
-
-    def __init__(
-        self,
-        recipe: Recipe,
-        kind: Literal["minao", "1e"],
-        dtype: torch.dtype | None = None,
-    ):
-        if kind not in ("minao", "1e"):
-            raise DEQSetupError(f"initial guess kind must be 'minao' or '1e', not {kind!r}")
-        self.recipe, self.kind, self.dtype = recipe, kind, dtype
-
-    @classmethod
-    def for_run(cls, config, basis: str, recipe: dict | None) -> InitialGuess | None:
-        """The transform a run's DEQ start needs (``config``: a ``TrainConfig``), else None.
-
-        ``recipe`` is the dataset's recipe; missing fields default to QH9's.
-        """
-        if not config.model.deq or config.deq.init == "identity":
-            return None
-        from deqh_core.recipe import Recipe
-
-        return cls(Recipe.from_meta({"basis": basis, **(recipe or {})}), config.deq.init)
-
-    def __repr__(self) -> str:
-        return f"InitialGuess({self.kind!r}, xc={self.recipe.xc!r}, basis={self.recipe.basis!r})"
-
-    def matrix(self, atomic_numbers, positions) -> np.ndarray:
-        """The guess ``[n_ao, n_ao]`` in PySCF AO order (Hartree) for positions in Å."""
-        mol = self.recipe.mole(atomic_numbers, positions)
-        mf = self.recipe.rks(mol)
-        if self.kind == "1e":
-            return mf.get_hcore()
-        return mf.get_fock(dm=mf.get_init_guess(key="minao"))
-
-    def __call__(self, data):
-        z = data.z.detach().cpu().numpy()
-        pos = data.pos.detach().cpu().double().numpy()
-        h = self.matrix(z, pos)
-        n_ao = int(data.n_ao.reshape(-1)[0])
-        if h.shape != (n_ao, n_ao):
-            raise DataError(
-                f"{self.kind} guess is {h.shape[0]}x{h.shape[1]} in {self.recipe.basis} but the "
-                f"item has {n_ao} AOs; does the recipe's basis match the dataset's?"
-            )
-        dtype = self.dtype or data.pos.dtype
-        flat = torch.as_tensor(h, dtype=dtype, device=data.slot_ao.device).reshape(-1)
-        out = copy.copy(data)
-        out.h0_diag, out.h0_off = split(flat, out)
-        out.h0_kind = self.kind
-        return out

@@ -107,7 +107,7 @@ def load_model(
         config = load_config(None, None, state["config"])
     except (ConfigError, KeyError, TypeError) as err:
         raise CheckpointError(f"{path}: the checkpoint's config does not validate: {err}") from None
-    describe = state["describe"]
+    describe = {"prior": "none", **state["describe"]}  # checkpoints from before priors
     try:
         layout = AOLayout(describe["basis"], describe["elements"])
     except (KeyError, TypeError) as err:
@@ -222,11 +222,22 @@ def evaluation_dataset(
     return HamiltonianDataset(path, layout=layout, ids=ids), f"{path} (split: {split})"
 
 
-def initial_guess_transform(loaded: LoadedModel, recipe: dict | None):
-    """The dataset transform a DEQ model started from a PySCF guess needs, else ``None``."""
-    from deqh_core.deq import InitialGuess
+def initial_guess_transform(
+    loaded: LoadedModel, recipe: dict | None, dataset=None, progress: bool = False
+):
+    """The dataset transform that puts ``H0`` on the items of a model with a prior or a DEQ
+    started from a PySCF guess, else ``None``. With a ``dataset`` from a file, ``H0`` of its
+    molecules is first computed into (or found in) the file's prior cache."""
+    import os
 
-    return InitialGuess.for_run(loaded.config, loaded.layout.basis, recipe)
+    from deqh_core.prior import InitialGuess, PriorCache
+
+    transform = InitialGuess.for_run(loaded.config, loaded.layout.basis, recipe)
+    if transform is not None and getattr(dataset, "path", None) is not None:
+        transform.cache = PriorCache(dataset.path, transform.recipe, transform.kind)
+        workers = loaded.config.data.prior_workers or os.cpu_count() or 1
+        transform.cache.fill(dataset.records(), workers, progress)
+    return transform
 
 
 def run_recipe(loaded: LoadedModel) -> dict:
@@ -339,7 +350,8 @@ def evaluate_model(
     from deqh_core.train import to_device
 
     size = batch_size or loaded.config.data.val_batch_size or loaded.config.data.batch_size
-    transform = initial_guess_transform(loaded, getattr(dataset, "recipe", None))
+    recipe = getattr(dataset, "recipe", None)
+    transform = initial_guess_transform(loaded, recipe, dataset, progress)
     loader = DataLoader(_Transformed(dataset, transform), batch_size=size)
     acc = MetricsAccumulator()
     with torch.no_grad(), tracked("evaluate", len(loader), progress) as advance:

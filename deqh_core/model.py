@@ -10,6 +10,7 @@ from deqh_core.basis import AOLayout
 from deqh_core.config import ModelConfig
 from deqh_core.deq import DEQConfig, DEQDiagnostics, DEQHamiltonianSolver
 from deqh_core.plugins import get_backbone
+from deqh_core.prior import PriorResidual
 from deqh_core.solver import Blocks
 
 
@@ -32,6 +33,10 @@ class HamiltonianModel(torch.nn.Module):
             raise BackboneError(f"backbone {spec.name!r}: {problems}") from None
         self.spec, self.params, self.config, self.layout = spec, params, config, layout
         solver = ReducedSolver(spec, params, layout, reads_h=config.deq, reads_s=config.reads_s)
+        if config.prior != "none":
+            # H = H0 + f; a DEQ iterates H <- H0 + g(H) from H0, as an SCF from its guess
+            solver = PriorResidual(solver, config.prior)
+            deq = (deq or DEQConfig()).model_copy(update={"init": config.prior})
         self.net = DEQHamiltonianSolver(solver, deq) if config.deq else solver
 
     def forward(self, batch) -> tuple[Blocks, DEQDiagnostics | None]:
@@ -45,6 +50,7 @@ class HamiltonianModel(torch.nn.Module):
             "backbone": self.spec.name,
             "deq": self.config.deq,
             "overlap": self.config.reads_s,
+            "prior": self.config.prior,
             "params": self.params.model_dump(),
             "basis": self.layout.basis,
             "elements": list(self.layout.elements),

@@ -219,9 +219,7 @@ def predict_frames(
     from deqh_core.progress import tracked
     from deqh_core.train import to_device
 
-    transform = None
-    if loaded.config.model.deq and loaded.config.deq.init != "identity":
-        transform = initial_guess_transform(loaded, {**run_recipe(loaded), "charge": charge})
+    transform = initial_guess_transform(loaded, {**run_recipe(loaded), "charge": charge})
     n_occ = []
     for path, i, frame in frames:
         try:

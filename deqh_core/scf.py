@@ -581,14 +581,14 @@ class Predictor:
             from deqh_core.data.store import MoleculeRecord
 
             item = molecule_data(MoleculeRecord(0, z, pos, label), self.layout)
-        init = self.config.deq.init if self.config.model.deq else "identity"
-        if init == "identity":
-            return item
-        from deqh_core.deq import InitialGuess
+        from deqh_core.prior import InitialGuess, start_kind
 
+        kind = start_kind(self.config.model, self.config.deq)
+        if kind is None:
+            return item
         if self.recipe is None:
-            raise DeqhError(f"this DEQ starts from PySCF's {init!r} guess: set Predictor.recipe")
-        return InitialGuess(self.recipe, init)(item)
+            raise DeqhError(f"this model starts from PySCF's {kind!r} H0: set Predictor.recipe")
+        return InitialGuess(self.recipe, kind)(item)
 
     def batch(self, item):
         from torch_geometric.data import Batch

@@ -8,7 +8,12 @@ in every mode it supports — predictor, reading S, reading H (DEQ) — and chec
 * permutation-equivariant over atoms,
 * exactly symmetric,
 * the same for a molecule alone and inside a batch,
-* DEQ-wrappable (when it reads H): the wrapper runs and reports its iterations.
+* DEQ-wrappable (when it reads H): the wrapper runs and reports its iterations,
+
+and all of it with a prior Hamiltonian too (``prior="1e"`` / ``"minao"``: the backbone learns
+``H - H0``, :mod:`deqh_core.prior`). PySCF's ``H0`` of a rotated molecule is equivariant only up
+to its DFT grid (~1e-6 Ha for minao), so the rotated molecule gets the reference ``H0`` rotated
+exactly: the check is on the model, not on PySCF's grid.
 
 Run it in a plugin's own tests, or from the shell: ``deqh backbones check NAME``.
 """
@@ -59,8 +64,9 @@ class BackboneCheckError(AssertionError):
     """Raised by :func:`check_backbone` when a check fails; lists every failure."""
 
 
-def _item(z, pos, layout: AOLayout, mol_id: int):
-    """A dataset item whose 'label' is PySCF's core Hamiltonian (a real, geometry-dependent H)."""
+def _item(z, pos, layout: AOLayout, mol_id: int, prior: str = "none"):
+    """A dataset item whose 'label' is PySCF's core Hamiltonian (a real, geometry-dependent H),
+    with the ``prior`` H0 (B3LYP5 in the layout's basis) unless that is ``"none"``."""
     mol = mole(z, pos, layout.basis)
     record = MoleculeRecord(
         mol_id,
@@ -69,7 +75,13 @@ def _item(z, pos, layout: AOLayout, mol_id: int):
         mol.intor("int1e_kin") + mol.intor("int1e_nuc"),
         mol.intor("int1e_ovlp"),
     )
-    return molecule_data(record, layout)
+    item = molecule_data(record, layout)
+    if prior != "none":
+        from deqh_core.prior import InitialGuess
+        from deqh_core.recipe import Recipe
+
+        item = InitialGuess(Recipe(basis=layout.basis), prior)(item)
+    return item
 
 
 def _run(solver, items, deq_config=None):
@@ -90,10 +102,12 @@ def check_backbone(
     seed: int = 0,
     atol: float = 1e-8,
     raise_on_failure: bool = True,
+    prior: str = "none",
 ) -> list[CheckResult]:
-    """Run every check on every mode ``spec`` supports; ``atol`` is relative to the largest
-    output entry. Returns the results; raises :class:`BackboneCheckError` on any failure
-    unless ``raise_on_failure`` is False."""
+    """Run every check on every mode ``spec`` supports, with the ``prior`` Hamiltonian
+    (``"none"``, ``"1e"``, ``"minao"``); ``atol`` is relative to the largest output entry.
+    Returns the results; raises :class:`BackboneCheckError` on any failure unless
+    ``raise_on_failure`` is False."""
     from deqh_core.deq import DEQConfig
     from deqh_core.plugins import get_backbone
 
@@ -115,6 +129,8 @@ def check_backbone(
         )
     # a fixed number of plain iterations: the same computation alone and inside a batch
     deq_config = DEQConfig(f_solver="fixed_point_iter", f_max_iter=6, b_max_iter=6, f_tol=1e-30)
+    if prior != "none":
+        deq_config = deq_config.model_copy(update={"init": prior})
     results: list[CheckResult] = []
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
@@ -122,8 +138,15 @@ def check_backbone(
         for mode, reads_h, reads_s in modes:
             torch.manual_seed(seed)
             solver = ReducedSolver(spec, config, layout, reads_h, reads_s).double().eval()
+            if prior != "none":
+                from deqh_core.prior import PriorResidual
+
+                solver = PriorResidual(solver, prior)
+                mode = f"{mode}, prior {prior}"
             with torch.no_grad():
-                results += _check_mode(mode, solver, molecules, layout, deq_config, atol, seed)
+                results += _check_mode(
+                    mode, solver, molecules, layout, deq_config, atol, seed, prior
+                )
     finally:
         torch.set_default_dtype(default)
     failures = [r for r in results if not r.passed]
@@ -135,11 +158,14 @@ def check_backbone(
     return results
 
 
-def _check_mode(mode, solver, molecules, layout, deq_config, atol, seed) -> list[CheckResult]:
+def _check_mode(
+    mode, solver, molecules, layout, deq_config, atol, seed, prior="none"
+) -> list[CheckResult]:
     rng = np.random.default_rng(seed)
     z, pos = molecules[-1]
     pos = np.asarray(pos)
-    batch, ref, diagnostics = _run(solver, [_item(z, pos, layout, 0)], deq_config)
+    reference = _item(z, pos, layout, 0, prior)
+    batch, ref, diagnostics = _run(solver, [reference], deq_config)
     scale = max(ref.diag.abs().max().item(), ref.off.abs().max().item(), 1e-12)
     out: list[CheckResult] = []
 
@@ -160,15 +186,23 @@ def _check_mode(mode, solver, molecules, layout, deq_config, atol, seed) -> list
     torch.manual_seed(seed)
     rot = o3.rand_matrix(dtype=torch.float64)
     d = layout.irreps.D_from_matrix(model_rotation(rot))
-    _, rotated, _ = _run(solver, [_item(z, pos @ rot.numpy().T, layout, 0)], deq_config)
+    turned = _item(z, pos @ rot.numpy().T, layout, 0)
+    if prior != "none":  # the reference H0, rotated exactly (PySCF's grid is not isotropic)
+        turned.h0_diag = d @ reference.h0_diag @ d.T
+        turned.h0_off = d @ reference.h0_off @ d.T
+        turned.h0_kind = prior
+    _, rotated, _ = _run(solver, [turned], deq_config)
     expect = Blocks(d @ ref.diag @ d.T, d @ ref.off @ d.T)
     record("rotation equivariance (e3nn Wigner-D)", diff(rotated, expect))
 
-    _, moved, _ = _run(solver, [_item(z, pos + rng.normal(size=3) * 3.0, layout, 0)], deq_config)
+    shift = rng.normal(size=3) * 3.0
+    _, moved, _ = _run(solver, [_item(z, pos + shift, layout, 0, prior)], deq_config)
     record("translation invariance", diff(moved, ref))
 
     perm = rng.permutation(len(z))
-    _, permuted, _ = _run(solver, [_item(np.asarray(z)[perm], pos[perm], layout, 0)], deq_config)
+    _, permuted, _ = _run(
+        solver, [_item(np.asarray(z)[perm], pos[perm], layout, 0, prior)], deq_config
+    )
     inverse = np.argsort(perm)
     pair_pos = {(i, j): p for p, (i, j) in enumerate(batch.pair_index.T.tolist())}
     src, dst = batch.pair_index
@@ -191,7 +225,7 @@ def _check_mode(mode, solver, molecules, layout, deq_config, atol, seed) -> list
     )
 
     other_z, other_pos = molecules[0]
-    items = [_item(other_z, other_pos, layout, 1), _item(z, pos, layout, 0)]
+    items = [_item(other_z, other_pos, layout, 1, prior), reference]
     _, both, _ = _run(solver, items, deq_config)
     first_atoms, first_pairs = len(other_z), len(other_z) * (len(other_z) - 1)
     inside = Blocks(both.diag[first_atoms:], both.off[first_pairs:])

@@ -37,10 +37,10 @@ from deqh_core.data.splits import (
     size_ood_split,
     within_group_split,
 )
-from deqh_core.deq import InitialGuess
 from deqh_core.errors import DeqhError
 from deqh_core.metrics import MAEAccumulator, training_loss
 from deqh_core.model import HamiltonianModel, n_parameters
+from deqh_core.prior import InitialGuess, PriorCache
 from deqh_core.progress import tracked
 
 FLOAT_FIELDS = ("pos", "h_diag", "h_off", "s_diag", "s_off", "h0_diag", "h0_off")
@@ -179,6 +179,13 @@ def _distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
 class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
@@ -193,9 +200,17 @@ class Trainer:
         dataset = HamiltonianDataset(path, basis=config.data.basis)
         self.split = make_split(dataset, config.data)
         self.layout = dataset.layout
-        # a DEQ started from a PySCF guess needs the guess on every item (computed once, cached)
+        # a prior, or a DEQ started from a PySCF guess, needs H0 on every item: computed once
+        # per molecule, in parallel, into an on-disk cache the items then read
         guess = InitialGuess.for_run(config, self.layout.basis, dataset.recipe)
         d = config.data
+        if guess is not None:
+            guess.cache = PriorCache(path, guess.recipe, guess.kind)
+            if self.rank == 0:
+                ids = self.split.train + self.split.val
+                workers = d.prior_workers or os.cpu_count() or 1
+                guess.cache.fill(dataset.records(ids), workers, config.run.progress)
+            _barrier(self.world)
         sets = [
             HamiltonianDataset(
                 path,
@@ -285,7 +300,7 @@ class Trainer:
         }
 
     def restore(self, state: dict) -> None:
-        if state["describe"] != self.model.describe():
+        if {"prior": "none", **state["describe"]} != self.model.describe():
             raise CheckpointError(
                 f"checkpoint is for {state['describe']}, not this run's model "
                 f"{self.model.describe()}"

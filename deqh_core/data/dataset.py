@@ -205,9 +205,10 @@ class HamiltonianDataset(Dataset):
             self._cache_room -= size
         return data
 
-    def records(self):
-        """The raw records (full matrices, PySCF order) of this dataset, in order."""
-        return (self.reader.get(i) for i in self.ids)
+    def records(self, ids=None):
+        """The raw records (full matrices, PySCF order) of ``ids`` (default: this dataset's),
+        in order, read one at a time."""
+        return (self.reader.get(i) for i in (self.ids if ids is None else ids))
 
 
 def _elements(reader) -> list[int]:

@@ -1,0 +1,285 @@
+"""The prior Hamiltonian ``H0``: PySCF's starting point, computed once per molecule, cached.
+
+A model with a prior learns the correction to a cheap physical Hamiltonian instead of H from
+nothing: a predictor outputs ``H = H0 + f(Z, R, S)``, a DEQ solver iterates
+``H_{k+1} = H0 + g(H_k, Z, R, S)`` from ``H_0 = H0``, as an SCF starts from its guess
+(:class:`PriorResidual`; any backbone, chosen with ``model.prior``). Two priors, both built with
+the *labels'* recipe (basis, functional, grid, charge):
+
+* ``"1e"``: the core Hamiltonian ``T + V_nuc (+ ECP)``, one-electron integrals only
+  (milliseconds);
+* ``"minao"``: the Fock matrix of PySCF's minao guess density, ``F[D_minao]`` (Coulomb,
+  exchange and XC on the recipe's grid: one Fock build, about one SCF cycle).
+
+:class:`PriorCache` keeps every molecule's ``H0`` on disk (an SQLite file per dataset, recipe
+and prior; each row checks the geometry it was computed for), filled in parallel before
+training, so no epoch recomputes it; :class:`InitialGuess` puts ``H0`` on a dataset item in block
+form (``h0_diag``, ``h0_off``), from the cache when it has the molecule. A DEQ started from a
+PySCF guess without a prior (``deq.init``) uses the same items.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from deqh_core.blocks import split
+from deqh_core.errors import DataError, DeqhError
+from deqh_core.recipe import Recipe
+from deqh_core.solver import Blocks
+
+PRIORS = ("none", "1e", "minao")
+Kind = Literal["1e", "minao"]
+_FORMAT = 1  # bump when what a cache row holds changes
+
+
+def prior_matrix(recipe: Recipe, kind: Kind, atomic_numbers, positions) -> np.ndarray:
+    """``H0 [n_ao, n_ao]`` in PySCF AO order (Hartree) for positions in Å, exactly symmetric."""
+    if kind not in ("1e", "minao"):
+        raise DeqhError(f"prior must be '1e' or 'minao', not {kind!r}")
+    mf = recipe.rks(recipe.mole(atomic_numbers, positions))
+    h = mf.get_hcore() if kind == "1e" else mf.get_fock(dm=mf.get_init_guess(key="minao"))
+    return (h + h.T) / 2
+
+
+def _timed(recipe: Recipe, kind: Kind, mol_id: int, z, pos) -> tuple[int, np.ndarray, float]:
+    start = time.perf_counter()
+    h = prior_matrix(recipe, kind, z, pos)
+    return mol_id, h, time.perf_counter() - start
+
+
+def user_cache_dir() -> Path:
+    """``$DEQH_CACHE`` or ``~/.cache/deqh``."""
+    env = os.environ.get("DEQH_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "deqh"
+
+
+class PriorCache:
+    """On-disk ``H0`` of a dataset's molecules for one recipe and prior kind.
+
+    The file lies next to the dataset when that folder is writable (and is not inside an
+    installed package), else in :func:`user_cache_dir`; its name holds the dataset's name, the
+    prior and a hash of the recipe and of the dataset's absolute path, so another recipe never
+    reads it. Each row keeps the atomic numbers and positions it was computed for, and a lookup
+    with another geometry is a miss: a dataset rewritten under the same name cannot serve a
+    stale ``H0``. Writes are one transaction per molecule (a killed fill keeps what it did);
+    reading works from any number of processes (DataLoader workers).
+    """
+
+    def __init__(self, dataset: str | Path, recipe: Recipe, kind: Kind):
+        if kind not in ("1e", "minao"):
+            raise DeqhError(f"prior must be '1e' or 'minao', not {kind!r}")
+        self.dataset, self.recipe, self.kind = Path(dataset).resolve(), recipe, kind
+        key = json.dumps([_FORMAT, kind, recipe.model_dump(), str(self.dataset)], sort_keys=True)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        name = f"{self.dataset.name}.{kind}-{digest}.h0.db"
+        folder = self.dataset.parent
+        if not os.access(folder, os.W_OK) or _inside_package(folder):
+            folder = user_cache_dir() / "priors"
+        self.path = folder / name
+        self._db: sqlite3.Connection | None = None
+        self._pid = -1
+
+    def __repr__(self) -> str:
+        return f"PriorCache({self.kind!r}, {self.path})"
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        # one connection per process: SQLite connections must not cross a fork
+        if self._db is None or self._pid != os.getpid():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=60)
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS h0 (id INTEGER PRIMARY KEY, z BLOB NOT NULL, "
+                "pos BLOB NOT NULL, h0 BLOB NOT NULL, seconds REAL)"
+            )
+            self._db.commit()
+            self._pid = os.getpid()
+        return self._db
+
+    def __getstate__(self) -> dict:  # picklable into DataLoader workers, without connection
+        return {**self.__dict__, "_db": None, "_pid": -1}
+
+    def get(self, mol_id: int, atomic_numbers, positions) -> np.ndarray | None:
+        """The stored ``H0`` of this molecule, or None if absent or computed for another
+        geometry (positions compared to 1e-4 Å, float32 items included)."""
+        row = self.db.execute("SELECT z, pos, h0 FROM h0 WHERE id = ?", (int(mol_id),)).fetchone()
+        if row is None:
+            return None
+        z = np.frombuffer(row[0], dtype="<i4")
+        pos = np.frombuffer(row[1], dtype="<f8").reshape(-1, 3)
+        given_z = np.asarray(atomic_numbers).reshape(-1)
+        given_pos = np.asarray(positions, dtype=np.float64)
+        if z.shape != given_z.shape or (z != given_z).any() or pos.shape != given_pos.shape:
+            return None
+        if np.abs(pos - given_pos).max(initial=0.0) > 1e-4:
+            return None
+        n = round((len(row[2]) // 8) ** 0.5)
+        return np.frombuffer(row[2], dtype="<f8").reshape(n, n).copy()  # writable
+
+    def put(self, mol_id: int, atomic_numbers, positions, h0: np.ndarray, seconds: float) -> None:
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO h0 VALUES (?, ?, ?, ?, ?)",
+                (
+                    int(mol_id),
+                    np.ascontiguousarray(atomic_numbers, dtype="<i4").tobytes(),
+                    np.ascontiguousarray(positions, dtype="<f8").tobytes(),
+                    np.ascontiguousarray(h0, dtype="<f8").tobytes(),
+                    float(seconds),
+                ),
+            )
+
+    def seconds(self) -> dict[int, float]:
+        """Wall time each stored ``H0`` took to compute, by molecule id."""
+        return dict(self.db.execute("SELECT id, seconds FROM h0").fetchall())
+
+    def fill(self, records: Iterable, workers: int = 1, progress: bool = True) -> int:
+        """Compute and store ``H0`` of every record (``id``, ``atomic_numbers``, ``positions``
+        in Å) not yet here, in ``workers`` processes; returns how many were computed."""
+        from deqh_core.parallel import map_unordered
+        from deqh_core.progress import tracked
+
+        todo = [r for r in records if self.get(r.id, r.atomic_numbers, r.positions) is None]
+        if not todo:
+            return 0
+        geometry = {r.id: (r.atomic_numbers, r.positions) for r in todo}
+        jobs = ((self.recipe, self.kind, r.id, r.atomic_numbers, r.positions) for r in todo)
+        with tracked(f"prior {self.kind} H0", len(todo), progress) as advance:
+            for mol_id, h0, seconds in map_unordered(_timed, jobs, workers):
+                self.put(mol_id, *geometry[mol_id], h0, seconds)
+                advance()
+        return len(todo)
+
+
+def _inside_package(folder: Path) -> bool:
+    """Whether ``folder`` lies inside deqh's own installed package (the bundled data)."""
+    package = Path(__file__).resolve().parent
+    return folder == package or package in folder.resolve().parents
+
+
+class InitialGuess:
+    """Dataset transform: put a PySCF starting Hamiltonian ``H0`` on a molecule's PyG item.
+
+    ``kind="1e"``: the core Hamiltonian ``mf.get_hcore()`` (kinetic + nuclear attraction + ECP).
+    ``kind="minao"``: the recipe's Fock matrix of PySCF's minao guess density,
+    ``mf.get_fock(dm=mf.get_init_guess(key="minao"))`` (Coulomb, exchange and XC on the DFT grid).
+    Both are stored in block form as ``h0_diag [n_atoms, A, A]`` and ``h0_off [n_pairs, A, A]``
+    (model order, Hartree, split with the item's own tables) plus ``h0_kind``; the item is
+    shallow-copied, not modified.
+
+    Cost: ``"1e"`` is one-electron integrals only (milliseconds). ``"minao"`` is one Fock build:
+    the recipe's DFT grid, J/K and XC on it, about one SCF cycle plus grid setup (~0.2 s for
+    water, ~0.5 s for methanol with B3LYP/def2-SVP/grid 3 on one core; seconds for QH9-sized
+    molecules): give a :class:`PriorCache` filled beforehand, and the transform reads ``H0``
+    from it (computing only what it lacks).
+
+    Args:
+        recipe: the DFT recipe of the labels (basis, functional, grid, charge, spin).
+        kind: ``"minao"`` or ``"1e"``.
+        dtype: dtype of the stored blocks (default: the item's ``pos`` dtype).
+        cache: where precomputed ``H0`` are read, by the item's ``mol_id``.
+    """
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        kind: Kind,
+        dtype: torch.dtype | None = None,
+        cache: PriorCache | None = None,
+    ):
+        if kind not in ("minao", "1e"):
+            from deqh_core.deq import DEQSetupError
+
+            raise DEQSetupError(f"initial guess kind must be 'minao' or '1e', not {kind!r}")
+        self.recipe, self.kind, self.dtype, self.cache = recipe, kind, dtype, cache
+
+    @classmethod
+    def for_run(cls, config, basis: str, recipe: dict | None) -> InitialGuess | None:
+        """The transform a run needs (``config``: a ``TrainConfig``): its prior's, or its DEQ
+        start's when that is a PySCF guess; None if it needs none.
+
+        ``recipe`` is the dataset's recipe; missing fields default to QH9's.
+        """
+        kind = start_kind(config.model, config.deq)
+        if kind is None:
+            return None
+        return cls(Recipe.from_meta({"basis": basis, **(recipe or {})}), kind)
+
+    def __repr__(self) -> str:
+        return f"InitialGuess({self.kind!r}, xc={self.recipe.xc!r}, basis={self.recipe.basis!r})"
+
+    def matrix(self, atomic_numbers, positions) -> np.ndarray:
+        """The guess ``[n_ao, n_ao]`` in PySCF AO order (Hartree) for positions in Å."""
+        return prior_matrix(self.recipe, self.kind, atomic_numbers, positions)
+
+    def __call__(self, data):
+        z = data.z.detach().cpu().numpy()
+        pos = data.pos.detach().cpu().double().numpy()
+        h = None
+        if self.cache is not None:
+            h = self.cache.get(int(data.mol_id.reshape(-1)[0]), z, pos)
+        if h is None:
+            h = self.matrix(z, pos)
+        n_ao = int(data.n_ao.reshape(-1)[0])
+        if h.shape != (n_ao, n_ao):
+            raise DataError(
+                f"{self.kind} guess is {h.shape[0]}x{h.shape[1]} in {self.recipe.basis} but the "
+                f"item has {n_ao} AOs; does the recipe's basis match the dataset's?"
+            )
+        dtype = self.dtype or data.pos.dtype
+        flat = torch.as_tensor(h, dtype=dtype, device=data.slot_ao.device).reshape(-1)
+        out = copy.copy(data)
+        out.h0_diag, out.h0_off = split(flat, out)
+        out.h0_kind = self.kind
+        return out
+
+
+def start_kind(model, deq) -> Kind | None:
+    """Which ``H0`` a model (``ModelConfig``) with DEQ settings (``DEQConfig``) needs on its
+    items: its prior, else its DEQ's PySCF start, else None."""
+    if model.prior != "none":
+        return model.prior
+    if model.deq and deq.init != "identity":
+        return deq.init
+    return None
+
+
+class PriorResidual(torch.nn.Module):
+    """A Hamiltonian solver that outputs ``H0 + f(...)``: the wrapped solver learns the
+    correction to the batch's prior ``H0`` (``h0_diag``, ``h0_off``: :class:`InitialGuess`).
+
+    Symmetric and equivariant whenever ``f`` is: ``H0`` is an exactly symmetric PySCF matrix
+    that rotates with the molecule. Capabilities and layout are the wrapped solver's.
+    """
+
+    def __init__(self, solver, kind: Kind):
+        super().__init__()
+        self.solver, self.kind = solver, kind
+        self.capabilities = solver.capabilities
+        self.layout = solver.layout
+
+    def inject(self, batch):
+        kinds = getattr(batch, "h0_kind", None)  # a str on an item, a list on a PyG batch
+        kinds = {kinds} if isinstance(kinds, str) else set(kinds or ())
+        if getattr(batch, "h0_diag", None) is None or kinds != {self.kind}:
+            raise DeqhError(
+                f"this model adds the {self.kind!r} prior H0, but the batch holds "
+                f"{sorted(kinds) or 'none'}: put it on the items with "
+                f"deqh_core.prior.InitialGuess(recipe, {self.kind!r})"
+            )
+        return self.solver.inject(batch)
+
+    def forward(self, batch, h: Blocks | None, injection) -> Blocks:
+        out = self.solver(batch, h, injection)
+        return Blocks(batch.h0_diag + out.diag, batch.h0_off + out.off)

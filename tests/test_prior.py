@@ -1,0 +1,177 @@
+"""The prior Hamiltonian H0: PySCF's matrices, H = H0 + f for every backbone and mode, and an
+on-disk cache that is reused and never stale."""
+
+import numpy as np
+import pytest
+import torch
+from pyscf import dft, gto, scf
+from torch_geometric.data import Batch
+
+from deqh_core import prior as prior_module
+from deqh_core.basis import AOLayout
+from deqh_core.config import ConfigError, ModelConfig, load_config
+from deqh_core.data.dataset import BUNDLED, HamiltonianDataset
+from deqh_core.deq import DEQConfig
+from deqh_core.metrics import hamiltonian_loss
+from deqh_core.model import HamiltonianModel
+from deqh_core.prior import InitialGuess, PriorCache, PriorResidual, prior_matrix
+from deqh_core.recipe import Recipe
+from deqh_core.solver import Blocks, Capabilities
+from deqh_core.testing import check_backbone
+from tests.molecules import METHANOL, WATER
+
+LAYOUT = AOLayout("def2-svp", [1, 6, 8])
+SMALL = dict(
+    l_max=2,
+    channels=8,
+    bottleneck=4,
+    layers=2,
+    interaction_layers=1,
+    num_rbf=8,
+    radial_hidden=8,
+    filter_irreps="8x0e+4x1o+4x2e",
+    filter_channels=4,
+    attention_heads=2,
+    filter_radial_hidden=8,
+)
+
+
+def _pyscf_mol(z, pos):
+    return gto.M(
+        atom=[(int(a), tuple(p)) for a, p in zip(z, pos)], basis="def2-svp", unit="Angstrom"
+    )
+
+
+def test_priors_are_pyscfs_core_hamiltonian_and_minao_fock():
+    z, pos = METHANOL
+    mol = _pyscf_mol(z, pos)
+    hcore = mol.intor("int1e_kin") + mol.intor("int1e_nuc")
+    np.testing.assert_allclose(prior_matrix(Recipe(), "1e", z, pos), hcore, atol=1e-12)
+    mf = dft.RKS(mol, xc="b3lyp5")
+    mf.grids.level = 3
+    fock = mf.get_fock(dm=scf.hf.init_guess_by_minao(mol))
+    h0 = prior_matrix(Recipe(), "minao", z, pos)
+    np.testing.assert_allclose(h0, fock, atol=1e-10)
+    assert np.array_equal(h0, h0.T)
+
+
+class LabelMinusPrior(torch.nn.Module):
+    """A 'backbone' that outputs exactly the label minus H0."""
+
+    capabilities = Capabilities()
+    layout = LAYOUT
+
+    def inject(self, batch):
+        return None
+
+    def forward(self, batch, h, injection):
+        return Blocks(batch.h_diag - batch.h0_diag, batch.h_off - batch.h0_off)
+
+
+def _items(kind, molecules=(WATER, METHANOL)):
+    from deqh_core.data.dataset import molecule_data
+    from deqh_core.data.store import MoleculeRecord
+
+    items = []
+    for i, (z, pos) in enumerate(molecules):
+        mol = _pyscf_mol(z, pos)
+        label = dft.RKS(mol, xc="b3lyp5").run(conv_tol=1e-9).get_fock()
+        item = molecule_data(MoleculeRecord(i, np.asarray(z), np.asarray(pos), label), LAYOUT)
+        items.append(InitialGuess(Recipe(), kind)(item))
+    return items
+
+
+@pytest.mark.parametrize("kind", ["1e", "minao"])
+def test_the_true_label_as_prediction_is_unchanged_by_the_prior(kind):
+    batch = Batch.from_data_list(_items(kind))
+    out = PriorResidual(LabelMinusPrior(), kind)(batch, None, None)
+    torch.testing.assert_close(out.diag, batch.h_diag, atol=1e-12, rtol=0)
+    torch.testing.assert_close(out.off, batch.h_off, atol=1e-12, rtol=0)
+    assert hamiltonian_loss(out, batch) < 1e-12
+
+
+@pytest.mark.parametrize("deq", [False, True])
+def test_a_zero_output_head_predicts_exactly_the_prior(deq):
+    torch.manual_seed(0)
+    config = ModelConfig(backbone="qhnet", deq=deq, params=SMALL, prior="minao")
+    model = HamiltonianModel(config, LAYOUT, DEQConfig(f_max_iter=5)).double().eval()
+    backbone = model.net.solver.solver.backbone if deq else model.net.solver.backbone
+    with torch.no_grad():
+        for head in (backbone.head_ii, backbone.head_ij):
+            for p in head.parameters():
+                p.zero_()
+    batch = Batch.from_data_list(_items("minao"))
+    with torch.no_grad():
+        out, diagnostics = model(batch)
+    assert torch.equal(out.diag, batch.h0_diag) and torch.equal(out.off, batch.h0_off)
+    if deq:  # started at H0, one evaluation returns H0 exactly: converged at once
+        assert diagnostics.all_converged and diagnostics.nstep.tolist() == [1, 1]
+
+
+def test_a_prior_model_refuses_items_without_its_h0():
+    model = HamiltonianModel(ModelConfig(backbone="qhnet", params=SMALL, prior="1e"), LAYOUT)
+    with pytest.raises(Exception, match="'1e' prior"):
+        model(Batch.from_data_list(_items("minao")[:1]))
+
+
+def test_deq_init_other_than_the_prior_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"deq\.init"):
+        load_config(None, None, {"model": {"deq": True, "prior": "1e"}, "deq": {"init": "minao"}})
+
+
+@pytest.mark.parametrize("kind", ["1e", "minao"])
+def test_conformance_kit_with_every_prior(kind):
+    from deqh_backbones.qhnet.config import QHNetConfig
+
+    results = check_backbone("qhnet", config=QHNetConfig(**SMALL), prior=kind)
+    assert {r.mode for r in results} == {
+        f"{m}, prior {kind}" for m in ("predictor", "reads S", "reads H+S")
+    }
+    assert all(r.passed for r in results), [r for r in results if not r.passed]
+
+
+def test_cache_is_reused_and_keyed_by_recipe(tmp_path, monkeypatch, example_plugin):
+    """Training computes each molecule's H0 once, before the first step: no PySCF call in any
+    epoch, none in a second run; another recipe gets another cache."""
+    from deqh_core.train import Trainer
+
+    calls = []
+    real = prior_module.prior_matrix
+
+    def counting(*args):
+        calls.append(args[3])
+        return real(*args)
+
+    monkeypatch.setattr(prior_module, "prior_matrix", counting)
+
+    def trainer(out):
+        config = load_config(
+            None,
+            None,
+            {
+                "model": {
+                    "backbone": "tfn-mini",
+                    "params": {"channels": 4, "layers": 1},
+                    "prior": "1e",
+                },
+                "data": {"batch_size": 4, "sizes": "8/4/0", "prior_workers": 1},
+                "optim": {"max_steps": 6, "warmup_steps": 1},
+                "run": {"out": str(out), "val_every": 3, "progress": False},
+            },
+        )
+        return Trainer(config)
+
+    first = trainer(tmp_path / "a")
+    assert len(calls) == 12  # train + val, once each
+    first.fit()  # 3 epochs of 2 batches, 2 validations
+    assert len(calls) == 12
+    trainer(tmp_path / "b").fit()
+    assert len(calls) == 12
+    cache = first.train_set.transform.cache
+    record = next(HamiltonianDataset(ids=[first.split.train[0]]).records())
+    assert cache.get(record.id, record.atomic_numbers, record.positions) is not None
+    other = PriorCache(BUNDLED, Recipe(grid_level=4), "1e")
+    assert other.path != cache.path
+    assert other.get(record.id, record.atomic_numbers, record.positions) is None
+    moved = record.positions + 0.01
+    assert cache.get(record.id, record.atomic_numbers, moved) is None  # another geometry
