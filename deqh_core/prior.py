@@ -84,7 +84,7 @@ class PriorCache:
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         name = f"{self.dataset.name}.{kind}-{digest}.h0.db"
         folder = self.dataset.parent
-        if not os.access(folder, os.W_OK) or _inside_package(folder):
+        if not _writable(folder) or _inside_package(folder):
             folder = user_cache_dir() / "priors"
         self.path = folder / name
         self._db: sqlite3.Connection | None = None
@@ -160,6 +160,14 @@ class PriorCache:
                 self.put(mol_id, *geometry[mol_id], h0, seconds)
                 advance()
         return len(todo)
+
+
+def _writable(folder: Path) -> bool:
+    """Whether we may write in ``folder``: its permissions say so. (``os.access`` alone is
+    true for root even in a folder marked read-only, such as a shared data folder.)"""
+    if not os.access(folder, os.W_OK):
+        return False
+    return os.geteuid() != 0 or bool(folder.stat().st_mode & 0o222)
 
 
 def _inside_package(folder: Path) -> bool:

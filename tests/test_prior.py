@@ -175,3 +175,17 @@ def test_cache_is_reused_and_keyed_by_recipe(tmp_path, monkeypatch, example_plug
     assert other.get(record.id, record.atomic_numbers, record.positions) is None
     moved = record.positions + 0.01
     assert cache.get(record.id, record.atomic_numbers, moved) is None  # another geometry
+
+
+def test_cache_never_writes_into_a_read_only_data_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEQH_CACHE", str(tmp_path / "user"))
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "data.db").write_bytes(b"")
+    assert PriorCache(shared / "data.db", Recipe(), "1e").path.parent == shared
+    shared.chmod(0o555)  # read-only, as ../shared is (even for root)
+    try:
+        cache = PriorCache(shared / "data.db", Recipe(), "1e")
+        assert cache.path.parent == tmp_path / "user" / "priors"
+    finally:
+        shared.chmod(0o755)
