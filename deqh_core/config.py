@@ -37,9 +37,9 @@ class DataConfig(_Strict):
     split_seed: int = 0
     batch_size: int = Field(8, ge=1)
     val_batch_size: int | None = Field(None, ge=1)
-    cache: bool = Field(True, description="keep built molecules in memory, up to cache_mb")
+    cache: bool = Field(False, description="keep built molecules in memory, up to cache_mb")
     cache_mb: float = Field(
-        2048, ge=0, description="memory budget of that cache per process (each worker's own), MiB"
+        1024, ge=0, description="memory budget of that cache, MiB (shared out among workers)"
     )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (persistent)")
     prior_workers: int = Field(
