@@ -5,11 +5,14 @@ Table ``data`` holds, *by position*, ``id, N, Z, pos, Ham``: id, atom count, ato
 order, Hartree). Real QH9-stable / QH9-dynamic files load unchanged because those five are read
 by position whatever their names. Raw QH9-dynamic files (recognised by a ``geo_id`` column)
 hold ``id, geo_id, N, Z, pos, ...`` with the molecule's id in ``id``, positions in Bohr and the
-matrix in column ``Ham`` (or the sixth column in older releases): each geometry then gets the
-row's ``rowid`` as its id and ``"mol<id>"`` as its source, positions are converted to Å. Our own
-files add optional columns (``overlap``, ``energy``,
-``source``, ``n_cycles``, ``wall_time``), a ``meta`` table with the labelling recipe and a
-``failures`` table for molecules whose SCF did not converge.
+matrix in column ``Ham`` (or the sixth column in older releases). QH9's generator binds that id
+from a numpy int64, which SQLite stores as an 8-byte blob (decoded here as little-endian int64,
+as QH9's loader does; a plain integer is read as is). Each geometry gets the row's ``rowid`` as
+its id and ``"mol<id>/geo<geo_id>"`` as its source, so the geometries of one molecule share the
+group ``"mol<id>"`` (:func:`~deqh_core.data.splits.groups_from_sources`); positions are
+converted to Å. Our own files add optional columns (``overlap``, ``energy``, ``source``,
+``n_cycles``, ``wall_time``), a ``meta`` table with the labelling recipe and a ``failures``
+table for molecules whose SCF did not converge.
 
 Each molecule is written in its own transaction, so a killed writer leaves every finished
 molecule intact and nothing half-written.
@@ -73,6 +76,17 @@ def _square(blob: bytes, what: str, where: str) -> np.ndarray:
     return flat.reshape(n, n).astype(np.float64)
 
 
+def _molecule_id(value, where: str) -> int:
+    """QH9-dynamic's molecule id: an integer, or the 8-byte blob of a numpy int64."""
+    if isinstance(value, bytes):
+        if len(value) != 8:
+            raise DataError(f"{where}: column id holds a {len(value)}-byte blob, not an int64")
+        return int(np.frombuffer(value, dtype="<i8")[0])
+    if isinstance(value, int):
+        return value
+    raise DataError(f"{where}: column id holds {value!r}, neither an integer nor an int64 blob")
+
+
 class HamiltonianDB:
     """Reader/writer of one QH9-schema SQLite file.
 
@@ -110,7 +124,7 @@ class HamiltonianDB:
         if self._bohr:  # raw QH9-dynamic
             ham = "Ham" if "Ham" in cols else cols[5]
             self._key = "rowid"
-            self._select = ["rowid", cols[2], cols[3], cols[4], ham, f"'mol' || {cols[0]}"]
+            self._select = ["rowid", cols[2], cols[3], cols[4], ham, cols[0], cols[1]]
         else:
             self._key = cols[0]
             self._select = cols[:5] + self._extras
@@ -166,7 +180,7 @@ class HamiltonianDB:
             )
         if self._bohr:
             pos = pos * BOHR_IN_ANGSTROM
-            extra = {"source": row[5]}
+            extra = {"source": f"mol{_molecule_id(row[5], where)}/geo{row[6]}"}
         else:
             extra = dict(zip(self._extras, row[5:]))
         overlap = extra.get("overlap")
