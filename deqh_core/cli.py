@@ -240,7 +240,7 @@ def data_qh9(
 
     Molecule id = QH9-stable id; QH9's recipe by default. Needs: pip install qm9pack
     """
-    from deqh_core.data.generate import generate, shard_tasks
+    from deqh_core.data.generate import generate
     from deqh_core.data.qm9 import parse_ids, qh9_tasks, qm9_table, select_ids
 
     if out is None and not list_ids:
@@ -256,10 +256,12 @@ def data_qh9(
     table = qm9_table()
     wanted = None if ids is None else parse_ids(ids)
     selected = select_ids(table.n_atoms, split, part, max_atoms, wanted, limit)
-    tasks = qh9_tasks(table, selected)
     if list_ids:
-        print("\n".join(str(t.id) for t in shard_tasks(tasks, shard)))
+        if shard is not None:
+            selected = selected[selected % shard[1] == shard[0]]
+        print("\n".join(map(str, selected.tolist())))
         return
+    tasks = qh9_tasks(table, selected)
     summary = generate(
         tasks,
         out,
