@@ -12,8 +12,9 @@ NeurIPS 2023 D&B; definitions as implemented in ``divelab/AIRS``, file
   *subset* of QH9-stable (ids = QH9-stable ids) splits exactly as QH9 does;
   ``random_split(ids, (0.8, 0.1, 0.1), seed=43)`` agrees only on the full set.
 * **QH9-stable-ood**: by size: <= 20 atoms train, 21-22 val, >= 23 test
-  (104,001/17,495/9,335): :func:`qh9_stable_ood_split` (:func:`size_ood_split` with its
-  defaults, checking that the ids are QH9-stable ids).
+  (104,001/17,495/9,335 in QH9's README; QM9 as shipped by qm9pack gives 103,790/17,594/9,447,
+  see docs/data.md): :func:`qh9_stable_ood_split` (:func:`size_ood_split` with its defaults,
+  checking that the ids are QH9-stable ids).
 * **QH9-dynamic-geo**: every molecule's trajectory geometries (100 per molecule in
   QH9-dynamic-300k) are divided 80/10/10: :func:`within_group_split` with ``(0.8, 0.1, 0.1)``.
   QH9 draws each molecule's permutation with a seed taken from the row index, which we do not
