@@ -147,11 +147,20 @@ class HamiltonianDB:
     def infos(self) -> list[MoleculeInfo]:
         """Id, atomic numbers and source of every molecule, ascending by id; reads neither
         positions nor matrices, so it is cheap on a file of any size."""
-        source = self._select[5] if self._bohr else ("source" if "source" in self._extras else None)
-        cols = f"{self._select[0]}, {self._select[2]}, {source or 'NULL'}"
+        if self._bohr:  # source from QH9-dynamic's molecule id and geo_id
+            extra = f"{self._select[5]}, {self._select[6]}"
+        else:
+            extra = "source" if "source" in self._extras else "NULL"
+        rows = self._query(
+            f"SELECT {self._select[0]}, {self._select[2]}, {extra} FROM data ORDER BY 1"
+        )
         return [
-            MoleculeInfo(int(i), np.frombuffer(z, dtype="<i4").astype(np.int64), src)
-            for i, z, src in self._query(f"SELECT {cols} FROM data ORDER BY 1")
+            MoleculeInfo(
+                int(row[0]),
+                np.frombuffer(row[1], dtype="<i4").astype(np.int64),
+                self._dynamic_source(row[0], *row[2:]) if self._bohr else row[2],
+            )
+            for row in rows
         ]
 
     def get(self, mol_id: int) -> MoleculeRecord:
@@ -180,7 +189,7 @@ class HamiltonianDB:
             )
         if self._bohr:
             pos = pos * BOHR_IN_ANGSTROM
-            extra = {"source": f"mol{_molecule_id(row[5], where)}/geo{row[6]}"}
+            extra = {"source": self._dynamic_source(mol_id, row[5], row[6])}
         else:
             extra = dict(zip(self._extras, row[5:]))
         overlap = extra.get("overlap")
@@ -200,6 +209,10 @@ class HamiltonianDB:
             if value is not None and not np.isfinite(value).all():
                 raise DataError(f"{where}: {name} contains NaN or inf")
         return record
+
+    def _dynamic_source(self, row_id: int, mol_id, geo_id) -> str:
+        """``"mol<id>/geo<geo_id>"`` of a raw QH9-dynamic row (``mol_id`` as stored)."""
+        return f"mol{_molecule_id(mol_id, f'{self.path}: molecule id {row_id}')}/geo{geo_id}"
 
     @property
     def recipe(self) -> dict | None:
