@@ -25,7 +25,10 @@ def atomic_number(element: int | str) -> int:
         if not 0 < z < len(ELEMENTS):
             raise BasisError(f"unknown atomic number {z}")
         return z
-    z = charge(str(element).strip().capitalize())
+    try:
+        z = charge(str(element).strip().capitalize())
+    except KeyError:  # PySCF raises for most unknown symbols, returns 0 for a few (X...)
+        z = 0
     if z <= 0:
         raise BasisError(f"unknown element symbol {element!r}")
     return int(z)

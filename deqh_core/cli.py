@@ -8,6 +8,7 @@ as one red ``error: ...`` line on stderr with exit code 1.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -163,6 +164,116 @@ def data_generate(
     Console(highlight=False).print(
         f"{out}: wrote {summary.written}, failed {summary.failed}, "
         f"skipped {summary.skipped} already done (of {len(tasks)} tasks"
+        f"{'' if shard is None else f', shard {shard[0]}/{shard[1]}'})"
+    )
+
+
+class QH9Split(StrEnum):
+    stable_id = "stable-id"
+    stable_ood = "stable-ood"
+
+
+class QH9Part(StrEnum):
+    train = "train"
+    val = "val"
+    test = "test"
+    all = "all"
+
+
+@data_app.command("qh9")
+def data_qh9(
+    out: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="OUT.db",
+            help="SQLite file to write; an existing one is resumed. Not needed with --list.",
+            dir_okay=False,
+        ),
+    ] = None,
+    split: Annotated[
+        QH9Split, typer.Option(help="stable-id: random 80/10/10; stable-ood: by atom count.")
+    ] = QH9Split.stable_id,
+    part: Annotated[QH9Part, typer.Option(help="Part of the split to select.")] = QH9Part.all,
+    max_atoms: Annotated[
+        int | None, typer.Option(min=1, help="Only molecules with at most this many atoms.")
+    ] = None,
+    ids: Annotated[
+        str | None,
+        typer.Option(
+            metavar="IDS", help="Only these QH9-stable ids: a comma list of ids and ranges a-b."
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Only the first K selected ids (ascending).")
+    ] = None,
+    list_ids: Annotated[
+        bool,
+        typer.Option("--list", help="Print the selected QH9-stable ids, one a line; label none."),
+    ] = False,
+    xc: Annotated[str, typer.Option(help="PySCF functional (b3lyp5 = QH9's B3LYP).")] = _DEFAULT[
+        "xc"
+    ],
+    basis: Annotated[str, typer.Option(help="PySCF basis set name.")] = _DEFAULT["basis"],
+    grid_level: Annotated[int, typer.Option(help="PySCF DFT grid level, 0-9.")] = _DEFAULT[
+        "grid_level"
+    ],
+    conv_tol: Annotated[float, typer.Option(help="SCF energy tolerance, Hartree.")] = _DEFAULT[
+        "conv_tol"
+    ],
+    conv_tol_grad: Annotated[
+        float, typer.Option(help="SCF orbital-gradient tolerance, Hartree.")
+    ] = _DEFAULT["conv_tol_grad"],
+    max_cycle: Annotated[
+        int, typer.Option(help="SCF cycles before a molecule counts as failed.")
+    ] = _DEFAULT["max_cycle"],
+    workers: Annotated[int, typer.Option(min=1, help="Processes, one molecule each.")] = 1,
+    shard: Annotated[
+        str | None,
+        typer.Option(metavar="i/N", help="Only the ids with id % N == i.", callback=_shard),
+    ] = None,
+    store_overlap: Annotated[
+        bool, typer.Option("--store-overlap", help="Also store the overlap matrix (bigger files).")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+) -> None:
+    """Label QH9-stable molecules (QM9 geometries of the qm9pack package) with PySCF.
+
+    Molecule id = QH9-stable id; QH9's recipe by default. Needs: pip install qm9pack
+    """
+    from deqh_core.data.generate import generate
+    from deqh_core.data.qm9 import parse_ids, qh9_tasks, qm9_table, select_ids
+
+    if out is None and not list_ids:
+        raise DataError("give OUT.db to label into, or --list to print the selected ids")
+    recipe = _recipe(
+        xc=xc,
+        basis=basis,
+        grid_level=grid_level,
+        conv_tol=conv_tol,
+        conv_tol_grad=conv_tol_grad,
+        max_cycle=max_cycle,
+    )
+    table = qm9_table()
+    wanted = None if ids is None else parse_ids(ids)
+    selected = select_ids(table.n_atoms, split, part, max_atoms, wanted, limit)
+    if list_ids:
+        if shard is not None:
+            selected = selected[selected % shard[1] == shard[0]]
+        print("\n".join(map(str, selected.tolist())))
+        return
+    tasks = qh9_tasks(table, selected)
+    summary = generate(
+        tasks,
+        out,
+        recipe,
+        workers=workers,
+        shard=shard,
+        progress=progress,
+        store_overlap=store_overlap,
+    )
+    Console(highlight=False).print(
+        f"{out}: wrote {summary.written}, failed {summary.failed}, "
+        f"skipped {summary.skipped} already done (of {len(tasks)} QH9-stable molecules"
         f"{'' if shard is None else f', shard {shard[0]}/{shard[1]}'})"
     )
 

@@ -32,7 +32,12 @@ class DataConfig(_Strict):
         None, description="dataset file; None = the bundled water/ethanol set"
     )
     basis: str | None = Field(None, description="basis of the labels if the file records none")
-    split: Literal["random", "size_ood", "group", "within_group"] = "random"
+    split: Literal[
+        "random", "size_ood", "group", "within_group", "qh9_stable_id", "qh9_stable_ood"
+    ] = Field(
+        "random",
+        description="qh9_stable_*: QH9's parts by QH9-stable id, for files made by deqh data qh9",
+    )
     sizes: str = Field("0.8/0.1/0.1", description="train/val/test fractions or counts")
     split_seed: int = 0
     batch_size: int = Field(8, ge=1)

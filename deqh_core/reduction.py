@@ -30,6 +30,7 @@ from e3nn import o3
 from pyscf import gto
 
 from deqh_core.basis import AOLayout, atomic_number, element_shells, mole, symbol
+from deqh_core.cache import cache_dir
 from deqh_core.convention import get_convention
 from deqh_core.errors import BasisError
 
@@ -90,12 +91,6 @@ def _compute_table(atom: gto.Mole) -> np.ndarray:
     q = both.intor("int3c1e", shls_slice=(0, atom.nbas, 0, atom.nbas, atom.nbas, both.nbas))
     ao = _shells(atom)
     return np.ascontiguousarray(_to_model_order(q, [ao, ao, _shells(aux)]), dtype=np.float64)
-
-
-def cache_dir() -> Path:
-    """Directory of the on-disk table cache: ``$DEQH_CACHE`` or ``~/.cache/deqh``."""
-    env = os.environ.get("DEQH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "deqh"
 
 
 def _safe_name(basis: str) -> str:

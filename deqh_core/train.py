@@ -33,6 +33,8 @@ from deqh_core.data.splits import (
     Split,
     group_split,
     groups_from_sources,
+    qh9_stable_id_split,
+    qh9_stable_ood_split,
     random_split,
     size_ood_split,
     within_group_split,
@@ -75,10 +77,14 @@ def make_split(dataset: HamiltonianDataset, config) -> Split:
     ids = dataset.ids
     if config.split == "random":
         return random_split(ids, config.sizes, config.split_seed)
+    if config.split == "qh9_stable_id":  # membership by QH9-stable id: any subset splits as QH9
+        return qh9_stable_id_split(ids)
     by_id = {info.id: info for info in dataset.reader.infos()}
     infos = [by_id[i] for i in ids]
     if config.split == "size_ood":
         return size_ood_split(ids, [len(info.atomic_numbers) for info in infos])
+    if config.split == "qh9_stable_ood":
+        return qh9_stable_ood_split(ids, [len(info.atomic_numbers) for info in infos])
     groups = groups_from_sources(
         [info.source for info in infos], [info.atomic_numbers for info in infos]
     )

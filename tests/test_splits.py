@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 
 from deqh_core.data.splits import (
+    QH9_STABLE_SIZE,
     Split,
     group_split,
     groups_from_sources,
+    qh9_stable_id_split,
+    qh9_stable_ood_split,
     random_split,
     size_ood_split,
     within_group_split,
@@ -226,3 +229,28 @@ def test_json_errors(tmp_path):
     bad.write_text(json.dumps({"train": [1], "val": []}))
     with pytest.raises(DataError, match="not a valid split file"):
         Split.from_json(bad)
+
+
+def test_qh9_stable_id_split_is_membership_in_qh9s_parts():
+    """QH9's definition, written out: RandomState(43).permutation(130831), int() sizes."""
+    n = QH9_STABLE_SIZE
+    order = np.random.RandomState(43).permutation(n)
+    qh9 = [order[:104_664], order[104_664 : 104_664 + 13_083], order[104_664 + 13_083 :]]
+    full = qh9_stable_id_split(np.arange(n))
+    assert [len(p) for p in parts(full)] == [104_664, 13_083, 13_084]
+    assert parts(full) == [sorted(p.tolist()) for p in qh9]
+    assert parts(random_split(np.arange(n), (0.8, 0.1, 0.1), seed=43)) == parts(full)
+    subset = np.random.RandomState(1).choice(n, size=500, replace=False)
+    mine = qh9_stable_id_split(subset)
+    assert_partition(mine, subset)
+    for part, canonical in zip(parts(mine), qh9):
+        assert set(part) <= set(canonical.tolist())
+    with pytest.raises(DataError, match=r"id 130831 is not a QH9-stable id"):
+        qh9_stable_id_split([5, n])
+    with pytest.raises(DataError, match=r"id -1 is not a QH9-stable id"):
+        qh9_stable_ood_split([-1], [3])
+
+
+def test_qh9_stable_ood_split():
+    split = qh9_stable_ood_split([4, 9, 2, 7], [20, 21, 23, 22])
+    assert parts(split) == [[4], [7, 9], [2]] and split.info["kind"] == "qh9_stable_ood"

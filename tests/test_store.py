@@ -93,7 +93,7 @@ def test_raw_qh9_dynamic_file(tmp_path, labels):
     rec = db.get(2)
     np.testing.assert_allclose(rec.positions, pos, atol=1e-12)
     np.testing.assert_array_equal(rec.hamiltonian, h)
-    assert rec.source == "mol5"
+    assert rec.source == "mol5/geo1"
 
 
 def test_bad_input_names_file_and_record(tmp_path, labels):

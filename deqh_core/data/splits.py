@@ -6,11 +6,15 @@ NeurIPS 2023 D&B; definitions as implemented in ``divelab/AIRS``, file
 
 * **QH9-stable-id**: random 80/10/10 of the 130,831 molecules (104,664/13,083/13,084); sizes
   are ``int(n * 0.8)``, ``int(n * 0.1)`` and the rest, permutation
-  ``np.random.RandomState(43).permutation(n)`` over file order.
-  ``random_split(ids, (0.8, 0.1, 0.1), seed=43)`` reproduces it (QH9Stable.db's rows are in
-  ascending id order, its primary key, and we permute the ascending ids).
+  ``np.random.RandomState(43).permutation(n)`` over file order. QH9Stable.db's rows are its
+  ids 0..130,830 in ascending order, so permuting positions is permuting QH9-stable ids.
+  :func:`qh9_stable_id_split` gives every id its canonical part, so a file holding any
+  *subset* of QH9-stable (ids = QH9-stable ids) splits exactly as QH9 does;
+  ``random_split(ids, (0.8, 0.1, 0.1), seed=43)`` agrees only on the full set.
 * **QH9-stable-ood**: by size: <= 20 atoms train, 21-22 val, >= 23 test
-  (104,001/17,495/9,335): :func:`size_ood_split` with its defaults.
+  (104,001/17,495/9,335 in QH9's README; QM9 as shipped by qm9pack gives 103,790/17,594/9,447,
+  see docs/data.md): :func:`qh9_stable_ood_split` (:func:`size_ood_split` with its defaults,
+  checking that the ids are QH9-stable ids).
 * **QH9-dynamic-geo**: every molecule's trajectory geometries (100 per molecule in
   QH9-dynamic-300k) are divided 80/10/10: :func:`within_group_split` with ``(0.8, 0.1, 0.1)``.
   QH9 draws each molecule's permutation with a seed taken from the row index, which we do not
@@ -30,6 +34,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +44,8 @@ from deqh_core.errors import DataError
 
 Sizes = Sequence[float | int | None] | str
 _PARTS = ("train", "val", "test")
+QH9_STABLE_SIZE = 130_831
+"""Molecules in QH9-stable: QM9 without the 3,054 that failed its consistency check."""
 
 
 @dataclass
@@ -207,6 +214,54 @@ def size_ood_split(
     part = np.where(n <= train_max, 0, np.where(n <= val_max, 1, 2))
     info = {"kind": "size_ood", "train_max": train_max, "val_max": val_max}
     return _from_parts(arr, part, info)
+
+
+@cache
+def qh9_stable_id_parts() -> np.ndarray:
+    """Part (0 train, 1 val, 2 test) of every QH9-stable id: ``[130831]`` int8, read-only.
+
+    QH9's definition: ``order = np.random.RandomState(43).permutation(130831)``; the first
+    ``int(0.8 n)`` = 104,664 ids of ``order`` train, the next ``int(0.1 n)`` = 13,083 val,
+    the remaining 13,084 test.
+    """
+    n = QH9_STABLE_SIZE
+    order = np.random.RandomState(43).permutation(n)
+    n_train, n_val = int(n * 0.8), int(n * 0.1)
+    part = np.full(n, 2, dtype=np.int8)
+    part[order[:n_train]] = 0
+    part[order[n_train : n_train + n_val]] = 1
+    part.setflags(write=False)
+    return part
+
+
+def check_qh9_stable_ids(ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    """``ids`` as an int64 array; a ``DataError`` if one is not a QH9-stable id."""
+    arr = _ids_array(ids)
+    bad = arr[(arr < 0) | (arr >= QH9_STABLE_SIZE)]
+    if bad.size:
+        raise DataError(
+            f"id {int(bad[0])} is not a QH9-stable id (0 <= id < {QH9_STABLE_SIZE:,}); the "
+            "qh9_stable_* splits need a file whose molecule ids are QH9-stable ids, as "
+            "`deqh data qh9` writes them"
+        )
+    return arr
+
+
+def qh9_stable_id_split(ids: Sequence[int] | np.ndarray) -> Split:
+    """QH9-stable-id membership of ``ids`` (QH9-stable ids, any subset): every id goes to its
+    canonical part (:func:`qh9_stable_id_parts`), whatever else the file holds."""
+    arr = check_qh9_stable_ids(ids)
+    return _from_parts(arr, qh9_stable_id_parts()[arr], {"kind": "qh9_stable_id", "seed": 43})
+
+
+def qh9_stable_ood_split(
+    ids: Sequence[int] | np.ndarray, n_atoms: Sequence[int] | np.ndarray
+) -> Split:
+    """QH9-stable-ood membership of ``ids`` (QH9-stable ids) with ``n_atoms`` atoms each:
+    <= 20 atoms train, 21-22 val, >= 23 test."""
+    split = size_ood_split(check_qh9_stable_ids(ids), n_atoms, train_max=20, val_max=22)
+    split.info = {**split.info, "kind": "qh9_stable_ood"}
+    return split
 
 
 def _group_index(groups: Sequence[Hashable], n: int) -> tuple[list, np.ndarray]:

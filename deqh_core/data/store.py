@@ -5,11 +5,14 @@ Table ``data`` holds, *by position*, ``id, N, Z, pos, Ham``: id, atom count, ato
 order, Hartree). Real QH9-stable / QH9-dynamic files load unchanged because those five are read
 by position whatever their names. Raw QH9-dynamic files (recognised by a ``geo_id`` column)
 hold ``id, geo_id, N, Z, pos, ...`` with the molecule's id in ``id``, positions in Bohr and the
-matrix in column ``Ham`` (or the sixth column in older releases): each geometry then gets the
-row's ``rowid`` as its id and ``"mol<id>"`` as its source, positions are converted to Å. Our own
-files add optional columns (``overlap``, ``energy``,
-``source``, ``n_cycles``, ``wall_time``), a ``meta`` table with the labelling recipe and a
-``failures`` table for molecules whose SCF did not converge.
+matrix in column ``Ham`` (or the sixth column in older releases). QH9's generator binds that id
+from a numpy int64, which SQLite stores as an 8-byte blob (decoded here as little-endian int64,
+as QH9's loader does; a plain integer is read as is). Each geometry gets the row's ``rowid`` as
+its id and ``"mol<id>/geo<geo_id>"`` as its source, so the geometries of one molecule share the
+group ``"mol<id>"`` (:func:`~deqh_core.data.splits.groups_from_sources`); positions are
+converted to Å. Our own files add optional columns (``overlap``, ``energy``, ``source``,
+``n_cycles``, ``wall_time``), a ``meta`` table with the labelling recipe and a ``failures``
+table for molecules whose SCF did not converge.
 
 Each molecule is written in its own transaction, so a killed writer leaves every finished
 molecule intact and nothing half-written.
@@ -73,6 +76,17 @@ def _square(blob: bytes, what: str, where: str) -> np.ndarray:
     return flat.reshape(n, n).astype(np.float64)
 
 
+def _molecule_id(value, where: str) -> int:
+    """QH9-dynamic's molecule id: an integer, or the 8-byte blob of a numpy int64."""
+    if isinstance(value, bytes):
+        if len(value) != 8:
+            raise DataError(f"{where}: column id holds a {len(value)}-byte blob, not an int64")
+        return int(np.frombuffer(value, dtype="<i8")[0])
+    if isinstance(value, int):
+        return value
+    raise DataError(f"{where}: column id holds {value!r}, neither an integer nor an int64 blob")
+
+
 class HamiltonianDB:
     """Reader/writer of one QH9-schema SQLite file.
 
@@ -110,7 +124,7 @@ class HamiltonianDB:
         if self._bohr:  # raw QH9-dynamic
             ham = "Ham" if "Ham" in cols else cols[5]
             self._key = "rowid"
-            self._select = ["rowid", cols[2], cols[3], cols[4], ham, f"'mol' || {cols[0]}"]
+            self._select = ["rowid", cols[2], cols[3], cols[4], ham, cols[0], cols[1]]
         else:
             self._key = cols[0]
             self._select = cols[:5] + self._extras
@@ -133,11 +147,20 @@ class HamiltonianDB:
     def infos(self) -> list[MoleculeInfo]:
         """Id, atomic numbers and source of every molecule, ascending by id; reads neither
         positions nor matrices, so it is cheap on a file of any size."""
-        source = self._select[5] if self._bohr else ("source" if "source" in self._extras else None)
-        cols = f"{self._select[0]}, {self._select[2]}, {source or 'NULL'}"
+        if self._bohr:  # source from QH9-dynamic's molecule id and geo_id
+            extra = f"{self._select[5]}, {self._select[6]}"
+        else:
+            extra = "source" if "source" in self._extras else "NULL"
+        rows = self._query(
+            f"SELECT {self._select[0]}, {self._select[2]}, {extra} FROM data ORDER BY 1"
+        )
         return [
-            MoleculeInfo(int(i), np.frombuffer(z, dtype="<i4").astype(np.int64), src)
-            for i, z, src in self._query(f"SELECT {cols} FROM data ORDER BY 1")
+            MoleculeInfo(
+                int(row[0]),
+                np.frombuffer(row[1], dtype="<i4").astype(np.int64),
+                self._dynamic_source(row[0], *row[2:]) if self._bohr else row[2],
+            )
+            for row in rows
         ]
 
     def get(self, mol_id: int) -> MoleculeRecord:
@@ -166,7 +189,7 @@ class HamiltonianDB:
             )
         if self._bohr:
             pos = pos * BOHR_IN_ANGSTROM
-            extra = {"source": row[5]}
+            extra = {"source": self._dynamic_source(mol_id, row[5], row[6])}
         else:
             extra = dict(zip(self._extras, row[5:]))
         overlap = extra.get("overlap")
@@ -186,6 +209,10 @@ class HamiltonianDB:
             if value is not None and not np.isfinite(value).all():
                 raise DataError(f"{where}: {name} contains NaN or inf")
         return record
+
+    def _dynamic_source(self, row_id: int, mol_id, geo_id) -> str:
+        """``"mol<id>/geo<geo_id>"`` of a raw QH9-dynamic row (``mol_id`` as stored)."""
+        return f"mol{_molecule_id(mol_id, f'{self.path}: molecule id {row_id}')}/geo{geo_id}"
 
     @property
     def recipe(self) -> dict | None:
