@@ -213,9 +213,9 @@ PRESETS: dict[str, dict] = {
         "schnorb_hamiltonian_malondialdehyde.db", 5, 1e-3, "25000/500/1478"
     ),
     "md17-uracil": _md17("schnorb_hamiltonian_uracil.db", 5, 1e-3, "25000/500/4500"),
-    # QH9-stable-id: QH9's permutation of the file's 130,831 ids with seed 43
-    "qh9-stable-id": _qh9("data/QH9Stable.db", "random", 300_000, split_seed=43),
-    "qh9-stable-ood": _qh9("data/QH9Stable.db", "size_ood", 300_000),
+    # QH9-stable splits by QH9-stable id: the same parts for the whole file or any subset
+    "qh9-stable-id": _qh9("data/QH9Stable.db", "qh9_stable_id", 300_000),
+    "qh9-stable-ood": _qh9("data/QH9Stable.db", "qh9_stable_ood", 300_000),
     "qh9-dynamic-geo": _qh9("data/QH9Dynamic_100k.db", "within_group", 260_000, 43),
     "qh9-dynamic-mol": _qh9("data/QH9Dynamic_100k.db", "group", 260_000, 43),
 }

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from deqh_core.blocks import split
+from deqh_core.cache import cache_dir
 from deqh_core.errors import DataError, DeqhError
 from deqh_core.recipe import Recipe
 from deqh_core.solver import Blocks
@@ -58,21 +59,15 @@ def _timed(recipe: Recipe, kind: Kind, mol_id: int, z, pos) -> tuple[int, np.nda
     return mol_id, h, time.perf_counter() - start
 
 
-def user_cache_dir() -> Path:
-    """``$DEQH_CACHE`` or ``~/.cache/deqh``."""
-    env = os.environ.get("DEQH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "deqh"
-
-
 class PriorCache:
     """On-disk ``H0`` of a dataset's molecules for one recipe and prior kind.
 
     The file lies next to the dataset when that folder is writable (and is not inside an
-    installed package), else in :func:`user_cache_dir`; its name holds the dataset's name, the
-    prior and a hash of the recipe and of the dataset's absolute path, so another recipe never
-    reads it. Each row keeps the atomic numbers and positions it was computed for, and a lookup
-    with another geometry is a miss: a dataset rewritten under the same name cannot serve a
-    stale ``H0``. Writes are one transaction per molecule (a killed fill keeps what it did);
+    installed package), else in :func:`deqh_core.cache.cache_dir`; its name holds the dataset's
+    name, the prior and a hash of the recipe and of the dataset's absolute path, so another
+    recipe never reads it. Each row keeps the atomic numbers and positions it was computed for,
+    and a lookup with another geometry is a miss: a dataset rewritten under the same name cannot
+    serve a stale ``H0``. Writes are one transaction per molecule (a killed fill keeps what it did);
     reading works from any number of processes (DataLoader workers).
     """
 
@@ -85,7 +80,7 @@ class PriorCache:
         name = f"{self.dataset.name}.{kind}-{digest}.h0.db"
         folder = self.dataset.parent
         if not _writable(folder) or _inside_package(folder):
-            folder = user_cache_dir() / "priors"
+            folder = cache_dir() / "priors"
         self.path = folder / name
         self._db: sqlite3.Connection | None = None
         self._pid = -1
