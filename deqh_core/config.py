@@ -178,32 +178,47 @@ def _md17(file: str, batch: int, lr: float, sizes: str, ema_start_epoch: int = 0
     }
 
 
+# A QHNet small enough to train in minutes on a 2-core CPU (125 k parameters as DEQHNet).
+_CPU_QHNET = {
+    "channels": 16,
+    "bottleneck": 8,
+    "l_max": 2,
+    "layers": 2,
+    "interaction_layers": 1,
+    "cutoff": 5.0,
+    "num_rbf": 16,
+    "radial_hidden": 16,
+    "filter_irreps": "16x0e+8x1o+4x2e",
+    "filter_channels": 8,
+    "attention_heads": 2,
+    "filter_radial_hidden": 16,
+}
+# up to 6 evaluations per training step (stopping at 1e-3 Ha) and 12 at evaluation: enough for
+# the trained map to keep a fixed point the solver reaches, not for the training solve to reach
+# it every step (docs/training.md)
+_CPU_DEQ = {"f_max_iter": 6, "b_max_iter": 6, "eval_f_max_iter": 12, "f_tol": 1e-3}
+
 PRESETS: dict[str, dict] = {
     # the README's main job: minutes on a 2-core CPU, bundled data
     "cpu-small": {
         "data": {"batch_size": 4, "sizes": "0.8/0.1/0.1"},
-        "model": {
-            "params": {
-                "channels": 16,
-                "bottleneck": 8,
-                "l_max": 2,
-                "layers": 2,
-                "interaction_layers": 1,
-                "cutoff": 5.0,
-                "num_rbf": 16,
-                "radial_hidden": 16,
-                "filter_irreps": "16x0e+8x1o+4x2e",
-                "filter_channels": 8,
-                "attention_heads": 2,
-                "filter_radial_hidden": 16,
-            }
-        },
-        # up to 6 evaluations per training step (stopping at 1e-3 Ha) and 12 at evaluation:
-        # enough for the trained map to keep a fixed point the solver reaches, not for the
-        # training solve to reach it every step (docs/training.md)
-        "deq": {"f_max_iter": 6, "b_max_iter": 6, "eval_f_max_iter": 12, "f_tol": 1e-3},
+        "model": {"params": _CPU_QHNET},
+        "deq": _CPU_DEQ,
         "optim": {"lr": 2e-3, "max_steps": 2000, "warmup_steps": 50},
         "run": {"val_every": 250, "out": "runs/cpu-small"},
+    },
+    # real QH9-stable molecules on a 2-core CPU: the QH9-stable-id train/val molecules with at
+    # most 10 atoms (623/70), as in ../shared or made by `deqh data qh9` (docs/reproduce.md)
+    "qh9-small": {
+        "data": {
+            "path": "../shared/data/qh9_stable_small.db",
+            "split": "qh9_stable_id",
+            "batch_size": 8,
+        },
+        "model": {"params": _CPU_QHNET},
+        "deq": _CPU_DEQ,
+        "optim": {"lr": 2e-3, "max_steps": 6000, "warmup_steps": 100},
+        "run": {"val_every": 500, "out": "runs/qh9-small"},
     },
     # Table 4 with the reference schedules; data files as docs/reproduce.md obtains them.
     # SchNOrb water holds 4,900 geometries: the reference split is 500/500/rest.

@@ -203,6 +203,11 @@ class Trainer:
         self.dtype = getattr(torch, config.run.dtype)
         torch.manual_seed(config.run.seed)
         path = config.data.path or BUNDLED
+        if not Path(path).is_file():
+            raise DeqhError(
+                f"{path}: no such dataset file (relative paths are from the working directory; "
+                "docs/reproduce.md says how to obtain each preset's data; --data PATH)"
+            )
         dataset = HamiltonianDataset(path, basis=config.data.basis)
         self.split = make_split(dataset, config.data)
         self.layout = dataset.layout
