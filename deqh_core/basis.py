@@ -8,6 +8,7 @@ every slot has one fixed irrep, which is what equivariant output heads need.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from functools import cache, cached_property
 
@@ -37,6 +38,15 @@ def atomic_number(element: int | str) -> int:
 def symbol(z: int) -> str:
     """Element symbol of atomic number ``z``."""
     return ELEMENTS[atomic_number(z)]
+
+
+def formula(atomic_numbers: Iterable[int]) -> str:
+    """Hill formula of a molecule: C, then H, then alphabetical (``C2H6O``); without C all
+    alphabetical (``H2O``)."""
+    counts = Counter(symbol(int(z)) for z in atomic_numbers)
+    first = [s for s in ("C", "H") if "C" in counts and s in counts]
+    rest = sorted(s for s in counts if s not in first)
+    return "".join(f"{s}{counts[s] if counts[s] > 1 else ''}" for s in first + rest)
 
 
 @cache

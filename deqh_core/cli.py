@@ -45,6 +45,8 @@ data_app = typer.Typer(help="Make and inspect Hamiltonian data sets.", no_args_i
 app.add_typer(data_app, name="data")
 backbones_app = typer.Typer(help="List and check the registered backbones.")
 app.add_typer(backbones_app, name="backbones")
+checkpoint_app = typer.Typer(help="Inspect and convert checkpoints.", no_args_is_help=True)
+app.add_typer(checkpoint_app, name="checkpoint")
 
 _DEFAULT = {name: field.default for name, field in Recipe.model_fields.items()}
 
@@ -370,6 +372,43 @@ def backbones_check(
         raise typer.Exit(1)
 
 
+@checkpoint_app.command("info")
+def checkpoint_info(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (best.pt / last.pt).")],
+) -> None:
+    """Show what a checkpoint records: model, step, dataset, labels' recipe, training domain."""
+    import json
+
+    from deqh_core.checkpoint import load_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    info = {
+        "step": state.get("step"),
+        "format": state.get("format", 1),
+        "model": state["describe"],
+        "data": {k: v for k, v in (state.get("data") or {}).items() if k != "file_recipe"},
+        "domain": state.get("domain"),
+    }
+    Console(highlight=False).print(json.dumps(info, indent=1, default=str), markup=False)
+
+
+@checkpoint_app.command("upgrade")
+def checkpoint_upgrade(
+    source: Annotated[Path, typer.Argument(help="Checkpoint of an older deqh (trusted).")],
+    target: Annotated[Path, typer.Argument(help="New file to write.")],
+) -> None:
+    """Convert a checkpoint of an older deqh so that it loads without unpickling.
+
+    Reading SOURCE unpickles it, which runs whatever code it holds: only for files you trust.
+    """
+    from deqh_core.checkpoint import upgrade_checkpoint
+
+    state = upgrade_checkpoint(source, target)
+    Console(highlight=False).print(
+        f"{target}: step {state.get('step')}, loads with weights_only=True", markup=False
+    )
+
+
 @app.command("train")
 def train_command(
     backbone: Annotated[
@@ -416,8 +455,8 @@ def train_command(
     """Train a backbone (as predictor, or with --deq as DEQ solver) on a Hamiltonian dataset."""
     from rich.table import Table
 
-    from deqh_core.config import load_config, parse_override
-    from deqh_core.train import load_checkpoint, train
+    from deqh_core.config import PRESETS, ConfigError, load_config, parse_override, read_config_file
+    from deqh_core.train import resumed_config, train
 
     flags: dict = {}
 
@@ -436,15 +475,24 @@ def train_command(
     put("run", "device", device)
     put("run", "dtype", dtype)
     put("run", "seed", seed)
-    put("run", "out", str(out) if out else None)
     put("run", "progress", progress)
     overrides = [parse_override(text) for text in set_ or []]
     if resume:
-        # the run's own saved config, so a resumed run is the run it continues
-        run_dir = out or Path(load_config(preset, config).run.out)
-        saved = load_checkpoint(run_dir / "last.pt")["config"]
-        cfg = load_config(None, None, saved, {"run": {"progress": progress}})
+        # the run's own saved config, continued in --out (never where the checkpoint was
+        # written first); requested changes are applied where sound, else refused
+        run_dir = out or load_config(preset, config).run.out
+        if any("out" in r.get("run", {}) for r in overrides):
+            raise ConfigError("with --resume the run directory is --out; drop --set run.out")
+        files = [dict(PRESETS[preset])] if preset in PRESETS else []
+        files += [read_config_file(config)] if config else []
+        for f in files:  # the run directory is --out, not what the preset or file says
+            f["run"] = {k: v for k, v in f.get("run", {}).items() if k != "out"}
+        requested = [*files, *overrides, flags]
+        cfg, notes = resumed_config(run_dir, requested)
+        for note in notes:
+            _stderr.print(f"resume: {note}", markup=False)
     else:
+        put("run", "out", str(out) if out else None)
         cfg = load_config(preset, config, *overrides, flags)
     if print_config:
         import yaml

@@ -315,6 +315,79 @@ def resolved(config: TrainConfig) -> dict:
     return out
 
 
+RESUMABLE = frozenset(
+    {
+        "optim.max_steps",
+        "data.path",
+        "data.num_workers",
+        "data.cache",
+        "data.cache_mb",
+        "data.prior_workers",
+        "data.prefetch_factor",
+        "data.val_batch_size",
+        "run.device",
+        "run.max_minutes",
+        "run.val_every",
+        "run.log_every",
+        "run.progress",
+        "run.tensorboard",
+    }
+)
+"""Fields a resumed run may change: more (or fewer) steps, where the same data lies, and how the
+run is executed and logged. Everything else would make it another run."""
+
+FLAGS = {
+    "model.backbone": "--backbone",
+    "model.deq": "--deq",
+    "model.overlap": "--overlap",
+    "data.path": "--data",
+    "data.batch_size": "--batch-size",
+    "optim.max_steps": "--steps",
+    "optim.lr": "--lr",
+    "run.device": "--device",
+    "run.dtype": "--dtype",
+    "run.seed": "--seed",
+    "run.progress": "--progress",
+}
+"""The ``deqh train`` flag of a config field, for messages."""
+
+
+def _flat(values: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value and not prefix.startswith("model.params"):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _name(key: str) -> str:
+    return f"{key} ({FLAGS[key]})" if key in FLAGS else key
+
+
+def resume_config(saved: dict, requested: list[dict], out: str | Path) -> tuple[TrainConfig, list]:
+    """The config of a resumed run: the checkpoint's ``saved`` config with ``run.out = out`` and
+    the ``requested`` overrides that :data:`RESUMABLE` allows.
+
+    Returns ``(config, changes)``, ``changes`` a list of ``(field, old, new)``. Raises
+    :class:`ConfigError` naming every requested change that would make it another run (an
+    override equal to the saved value is no change and is accepted).
+    """
+    base = load_config(None, None, saved, {"run": {"out": str(out)}})
+    merged = load_config(None, None, base.model_dump(mode="json"), *requested)
+    old, new = _flat(base.model_dump(mode="json")), _flat(merged.model_dump(mode="json"))
+    changed = [k for k in new if new[k] != old.get(k)]
+    refused = [k for k in changed if k not in RESUMABLE]
+    if refused:
+        what = "; ".join(f"{_name(k)}: {old.get(k)!r} -> {new[k]!r}" for k in refused)
+        raise ConfigError(
+            f"--resume continues the run in {out} as it was configured; refusing changes that "
+            f"would make it another run: {what}. Start a new run (another --out) for those"
+        )
+    return merged, [(k, old.get(k), new[k]) for k in changed]
+
+
 def save_config(config: TrainConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
     import os

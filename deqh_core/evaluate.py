@@ -97,9 +97,10 @@ def load_model(
     import torch
 
     from deqh_core.basis import AOLayout
+    from deqh_core.checkpoint import CheckpointError, load_checkpoint, same_model
     from deqh_core.config import ConfigError, load_config
+    from deqh_core.device import resolve_device
     from deqh_core.model import HamiltonianModel
-    from deqh_core.train import CheckpointError, load_checkpoint, resolve_device
 
     path = Path(checkpoint)
     state = load_checkpoint(path)
@@ -119,7 +120,7 @@ def load_model(
             model = HamiltonianModel(config.model, layout, config.deq)
         except DeqhError as err:
             raise type(err)(f"{path}: {err}") from None
-    if model.describe() != describe:
+    if not same_model(model.describe(), describe):
         raise CheckpointError(
             f"{path}: checkpoint is for {describe}, but its config builds {model.describe()} "
             "(was the backbone's plugin changed?)"
@@ -345,9 +346,9 @@ def evaluate_model(
     import torch
     from torch_geometric.loader import DataLoader
 
+    from deqh_core.device import to_device
     from deqh_core.metrics import MetricsAccumulator
     from deqh_core.progress import tracked
-    from deqh_core.train import to_device
 
     size = batch_size or loaded.config.data.val_batch_size or loaded.config.data.batch_size
     recipe = getattr(dataset, "recipe", None)

@@ -214,10 +214,10 @@ def predict_frames(
 
     from deqh_core.blocks import assemble, unflatten
     from deqh_core.data.check import orbital_energies
+    from deqh_core.device import to_device
     from deqh_core.evaluate import initial_guess_transform, run_recipe
     from deqh_core.metrics import n_occupied
     from deqh_core.progress import tracked
-    from deqh_core.train import to_device
 
     transform = initial_guess_transform(loaded, {**run_recipe(loaded), "charge": charge})
     n_occ = []

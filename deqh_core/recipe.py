@@ -110,3 +110,25 @@ class Recipe(BaseModel):
             "ao_order": "pyscf",
             "matrix": "converged Fock matrix",
         }
+
+
+def labels_recipe(meta: dict | None, basis: str) -> tuple[Recipe, str | None]:
+    """The recipe of a data file's labels from its stored ``meta`` (see
+    :meth:`Recipe.as_meta`), and a note saying what was assumed when the file records none
+    (``None`` when it does).
+
+    Files without a functional: SchNOrb's MD17 files are PBE/def2-SVP labels computed with ORCA
+    (the DEQHNet paper, §5); raw QH9 files are QH9's B3LYP/def2-SVP recipe (:class:`Recipe`'s
+    defaults).
+    """
+    meta = dict(meta or {})
+    if meta.get("xc"):
+        return Recipe.from_meta({"basis": basis, **meta}), None
+    if meta.get("source_format") == "schnorb-md17":
+        return Recipe(xc="pbe", basis=basis), (
+            f"the file records no functional; assumed PBE/{basis}, the recipe of SchNOrb's MD17 "
+            "labels (computed with ORCA, whose grids differ from PySCF's)"
+        )
+    return Recipe(basis=basis), (
+        f"the file records no recipe; assumed QH9's: b3lyp5/{basis}, grid level 3"
+    )

@@ -593,7 +593,7 @@ class Predictor:
     def batch(self, item):
         from torch_geometric.data import Batch
 
-        from deqh_core.train import to_device
+        from deqh_core.device import to_device
 
         return to_device(Batch.from_data_list([item]), self.device, self.dtype)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,15 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch_geometric.loader import DataLoader
 
+from deqh_core.checkpoint import (
+    FORMAT,
+    CheckpointError,
+    load_checkpoint,
+    rng_state,
+    same_model,
+    save_checkpoint,
+    set_rng_state,
+)
 from deqh_core.config import TrainConfig, save_config
 from deqh_core.data.dataset import BUNDLED, HamiltonianDataset
 from deqh_core.data.splits import (
@@ -39,36 +47,14 @@ from deqh_core.data.splits import (
     size_ood_split,
     within_group_split,
 )
+from deqh_core.device import resolve_device, to_device
+from deqh_core.domain import TrainingDomain
 from deqh_core.errors import DeqhError
 from deqh_core.metrics import MAEAccumulator, training_loss
 from deqh_core.model import HamiltonianModel, n_parameters
 from deqh_core.prior import InitialGuess, PriorCache
 from deqh_core.progress import tracked
-
-FLOAT_FIELDS = ("pos", "h_diag", "h_off", "s_diag", "s_off", "h0_diag", "h0_off")
-
-
-class CheckpointError(DeqhError):
-    """A checkpoint that is missing, corrupt or belongs to another model/basis."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise DeqhError(f"device {name!r} requested but CUDA is not available here")
-    return device
-
-
-def to_device(batch, device: torch.device, dtype: torch.dtype):
-    """Move a batch, casting its floating-point fields to the model's dtype."""
-    batch = batch.to(device)
-    for key in FLOAT_FIELDS:
-        value = getattr(batch, key, None)
-        if value is not None:
-            setattr(batch, key, value.to(dtype))
-    return batch
+from deqh_core.recipe import Recipe
 
 
 def make_split(dataset: HamiltonianDataset, config) -> Split:
@@ -93,28 +79,6 @@ def make_split(dataset: HamiltonianDataset, config) -> Split:
     return within_group_split(ids, groups, config.sizes, config.split_seed)
 
 
-def save_checkpoint(state: dict, path: Path) -> None:
-    """Atomic: a kill during the write leaves the previous checkpoint intact."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint ({type(err).__name__}: {err})"
-        ) from None
-    if not isinstance(state, dict) or "model" not in state or "describe" not in state:
-        raise CheckpointError(f"{path}: not a deqh checkpoint")
-    return state
-
-
 def _lr_lambda(config, step: int) -> float:
     o = config.optim
     if step < o.warmup_steps:
@@ -126,25 +90,6 @@ def _lr_lambda(config, step: int) -> float:
     if o.schedule == "cosine":
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
     return floor + (1 - floor) * (1 - progress) ** o.power
-
-
-def _rng_state() -> dict:
-    state = {
-        "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),  # noqa: NPY002 - the global state is what we restore
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class _StepBatches:
@@ -211,9 +156,11 @@ class Trainer:
         dataset = HamiltonianDataset(path, basis=config.data.basis)
         self.split = make_split(dataset, config.data)
         self.layout = dataset.layout
+        self.identity = dataset.identity()  # the file and its labels' recipe, for checkpoints
+        recipe = Recipe(**self.identity["recipe"])
         # a prior, or a DEQ started from a PySCF guess, needs H0 on every item: computed once
         # per molecule, in parallel, into an on-disk cache the items then read
-        guess = InitialGuess.for_run(config, self.layout.basis, dataset.recipe)
+        guess = InitialGuess.for_run(config, self.layout.basis, recipe.model_dump())
         d = config.data
         if guess is not None:
             guess.cache = PriorCache(path, guess.recipe, guess.kind)
@@ -241,6 +188,7 @@ class Trainer:
         self.val_loader = DataLoader(
             self.val_set, batch_size=d.val_batch_size or d.batch_size, **self._loader_options()
         )
+        self.domain = TrainingDomain.from_structures(self.train_set.structures(), recipe.charge)
         self.model = HamiltonianModel(config.model, self.layout, config.deq)
         self.model.to(self.device, self.dtype)
         self.net = self.model
@@ -307,11 +255,14 @@ class Trainer:
             "config": self.config.model_dump(mode="json"),
             "describe": self.model.describe(),
             "split": {"train": self.split.train, "val": self.split.val, "test": self.split.test},
-            "rng": _rng_state(),
+            "data": self.identity,
+            "domain": self.domain.as_dict(),
+            "rng": rng_state(),
+            "format": FORMAT,
         }
 
     def restore(self, state: dict) -> None:
-        if {"prior": "none", **state["describe"]} != self.model.describe():
+        if not same_model({"prior": "none", **state["describe"]}, self.model.describe()):
             raise CheckpointError(
                 f"checkpoint is for {state['describe']}, not this run's model "
                 f"{self.model.describe()}"
@@ -321,8 +272,14 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
+        recorded = (state.get("data") or {}).get("checksum")
+        if recorded is not None and recorded != self.identity["checksum"]:
+            raise CheckpointError(
+                f"{self.identity['path']} is not the dataset this run was trained on (its ids or "
+                f"recipe differ from the checkpoint's record of {state['data']['path']})"
+            )
         self.step, self.best = state["step"], state["best"]
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
 
     # -- evaluation ------------------------------------------------------------------------
     def evaluation_model(self) -> HamiltonianModel:
@@ -486,6 +443,44 @@ class _MetricsLog:
     def close(self) -> None:
         if self.board is not None:
             self.board.close()
+
+
+def resumed_config(out: str | Path, requested: list[dict]) -> tuple[TrainConfig, list[str]]:
+    """The config that continues the run in ``out`` (from its ``last.pt``), with the
+    ``requested`` overrides that are sound for a resumed run
+    (:func:`deqh_core.config.resume_config`; the others are refused, never dropped).
+
+    Everything is written to ``out``, whatever ``run.out`` the checkpoint recorded. The dataset
+    is looked up as configured (relative to the working directory), then at the absolute path
+    the checkpoint recorded; :meth:`Trainer.restore` checks it is the same dataset. Returns the
+    config and notes on what was changed or looked up.
+    """
+    from deqh_core.config import ConfigError, resume_config
+    from deqh_core.errors import DataError
+
+    out = Path(out)
+    state = load_checkpoint(out / "last.pt")
+    cfg, changes = resume_config(state["config"], requested, out)
+    notes = [f"{key}: {old!r} -> {new!r}" for key, old, new in changes]
+    if cfg.optim.max_steps < state["step"]:
+        raise ConfigError(
+            f"optim.max_steps (--steps) = {cfg.optim.max_steps}, but {out}/last.pt is already at "
+            f"step {state['step']}"
+        )
+    data = cfg.data.path
+    if data is not None and not Path(data).is_file():
+        recorded = (state.get("data") or {}).get("path")
+        given = any(_flat_has(r, "data", "path") for r in requested)
+        if given or not recorded or not Path(recorded).is_file():
+            where = "" if given or not recorded else f" nor at {recorded}"
+            raise DataError(f"the run's dataset {data} is not here{where}; pass --data PATH")
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": Path(recorded)})})
+        notes.append(f"data.path: {str(data)!r} is not here; using {recorded} (recorded)")
+    return cfg, notes
+
+
+def _flat_has(values: dict, section: str, key: str) -> bool:
+    return isinstance(values.get(section), dict) and key in values[section]
 
 
 def train(

@@ -210,6 +210,25 @@ class HamiltonianDataset(Dataset):
         in order, read one at a time."""
         return (self.reader.get(i) for i in (self.ids if ids is None else ids))
 
+    def structures(self):
+        """``(atomic_numbers [n], positions [n, 3] Å)`` of this dataset's molecules (file
+        order), without reading their matrices."""
+        reader = self.reader
+        if not hasattr(reader, "structures"):
+            yield from ((r.atomic_numbers, r.positions) for r in self.records())
+            return
+        wanted = set(self.ids)
+        for mol_id, z, pos in reader.structures():
+            if mol_id in wanted:
+                yield z, pos
+
+    def identity(self) -> dict:
+        """The file's identity and its labels' recipe
+        (:func:`deqh_core.domain.dataset_identity`)."""
+        from deqh_core.domain import dataset_identity
+
+        return dataset_identity(self.path, self.reader.ids(), self.recipe, self._basis)
+
 
 def _elements(reader) -> list[int]:
     elements = getattr(reader, "elements", None)

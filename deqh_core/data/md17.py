@@ -106,6 +106,20 @@ class MD17Reader:
             "listing rows",
         )
 
+    def structures(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """``(id, atomic_numbers [n], positions [n, 3] Å)`` of every row, ascending id, without
+        reading the matrices."""
+        rows = self._read(lambda: self._db.select(sort="id", include_data=False), "reading rows")
+        while True:
+            try:
+                row = next(rows)
+            except StopIteration:
+                return
+            except _READ_ERRORS as err:
+                raise DataError(f"{self.path}: unreadable row ({err})") from None
+            z = np.asarray(row.numbers, dtype=np.int64)
+            yield int(row.id), z, np.asarray(row.positions, dtype=np.float64).reshape(len(z), 3)
+
     def get(self, mol_id: int) -> MoleculeRecord:
         try:
             row = self._db.get(id=int(mol_id))

@@ -31,7 +31,6 @@ import json
 import os
 import random
 import tempfile
-from collections import Counter
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -39,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deqh_core.basis import symbol
+from deqh_core.basis import formula
 from deqh_core.errors import DataError
 
 Sizes = Sequence[float | int | None] | str
@@ -332,14 +331,6 @@ def within_group_split(
     return _from_parts(arr, part, info)
 
 
-def _formula(z: np.ndarray) -> str:
-    """Hill formula (C, H, then alphabetical) of atomic numbers ``z``."""
-    counts = Counter(symbol(int(e)) for e in z)
-    first = [s for s in ("C", "H") if "C" in counts and s in counts]
-    rest = sorted(s for s in counts if s not in first)
-    return "".join(f"{s}{counts[s] if counts[s] > 1 else ''}" for s in first + rest)
-
-
 def groups_from_sources(
     sources: Sequence[str | None], atomic_numbers: Sequence[Sequence[int] | np.ndarray]
 ) -> list[str]:
@@ -355,6 +346,6 @@ def groups_from_sources(
     if len(sources) != len(atomic_numbers):
         raise ValueError(f"{len(sources)} sources but {len(atomic_numbers)} atomic-number lists")
     return [
-        src.split("/", 1)[0] if src else _formula(np.asarray(z))
+        src.split("/", 1)[0] if src else formula(np.asarray(z))
         for src, z in zip(sources, atomic_numbers)
     ]

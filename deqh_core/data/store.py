@@ -163,6 +163,21 @@ class HamiltonianDB:
             for row in rows
         ]
 
+    def structures(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """``(id, atomic_numbers [n], positions [n, 3] Å)`` of every molecule, ascending id,
+        without reading the matrices."""
+        key, z_col, pos_col = self._select[0], self._select[2], self._select[3]
+        for mol_id, z, pos in self._query(f"SELECT {key}, {z_col}, {pos_col} FROM data ORDER BY 1"):
+            z = np.frombuffer(z, dtype="<i4").astype(np.int64)
+            pos = np.frombuffer(pos, dtype="<f8").astype(np.float64)
+            if pos.size != 3 * z.size:
+                raise DataError(
+                    f"{self.path}: molecule id {mol_id}: {z.size} atomic numbers but "
+                    f"{pos.size} coordinates"
+                )
+            pos = pos.reshape(-1, 3) * (BOHR_IN_ANGSTROM if self._bohr else 1.0)
+            yield int(mol_id), z, pos
+
     def get(self, mol_id: int) -> MoleculeRecord:
         cols = ", ".join(self._select)
         rows = self._query(f"SELECT {cols} FROM data WHERE {self._key} = ?", (mol_id,))
