@@ -41,13 +41,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from deqh_core.errors import DeqhError
+from deqh_core.errors import CheckpointError
+
+__all__ = [
+    "FORMAT",
+    "CheckpointError",
+    "load_checkpoint",
+    "rng_state",
+    "same_model",
+    "save_checkpoint",
+    "set_rng_state",
+    "upgrade_checkpoint",
+]
 
 FORMAT = 2
-
-
-class CheckpointError(DeqhError):
-    """A checkpoint that is missing, corrupt, unsafe or belongs to another model/basis."""
 
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:

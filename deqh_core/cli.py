@@ -168,6 +168,11 @@ def data_generate(
         f"skipped {summary.skipped} already done (of {len(tasks)} tasks"
         f"{'' if shard is None else f', shard {shard[0]}/{shard[1]}'})"
     )
+    if summary.failed and not summary.written:
+        raise DataError(
+            f"{out}: nothing could be labelled: all {summary.failed} molecule(s) failed (reasons "
+            "in the file's 'failures' table)"
+        )
 
 
 class QH9Split(StrEnum):
@@ -309,15 +314,32 @@ def data_check(
             f"{recipe['xc']} / {recipe['basis']} / grid {recipe['grid_level']}, "
             f"conv_tol {recipe['conv_tol']:g}, PySCF {recipe.get('pyscf_version', '?')}",
         )
+    if report.recipe_note:
+        table.add_row("recipe", report.recipe_note)
     table.add_row("AO block irreps", report.irreps)
     table.add_row("random split 80/10/10", "/".join(map(str, report.split_sizes)))
+    table.add_row(
+        "labels symmetric",
+        f"yes (max |M - Mᵀ| = {report.max_asymmetry:.1e})"
+        if not report.asymmetric
+        else f"NO: {len(report.asymmetric)} record(s)",
+    )
+    for mol_id, problem in list(report.asymmetric.items())[:10]:
+        table.add_row(f"  molecule id {mol_id}", problem)
     table.add_row("blocks -> matrices", "exact" if report.roundtrip_exact else "MISMATCH")
-    homo, gap = np.array(report.homo), np.array(report.gap)
-    table.add_row("HOMO, Hartree", f"{homo.mean():.4f} ± {homo.std():.4f}")
-    table.add_row("HOMO-LUMO gap, Hartree", f"{gap.mean():.4f} ± {gap.std():.4f}")
+    if report.homo:
+        homo, gap = np.array(report.homo), np.array(report.gap)
+        table.add_row("HOMO, Hartree", f"{homo.mean():.4f} ± {homo.std():.4f}")
+        table.add_row("HOMO-LUMO gap, Hartree", f"{gap.mean():.4f} ± {gap.std():.4f}")
     for mol_id, residual in report.self_consistency.items():
         table.add_row(f"label {mol_id}: max|F[D(H)]-H|", f"{residual:.2e} Hartree")
     Console().print(table)
+    if report.asymmetric:
+        ids = ", ".join(map(str, list(report.asymmetric)[:10]))
+        raise DataError(
+            f"{report.path}: {len(report.asymmetric)} label(s) not symmetric (molecule id {ids}"
+            f"{' ...' if len(report.asymmetric) > 10 else ''}); they cannot be trained on"
+        )
     if not report.roundtrip_exact:
         raise typer.Exit(1)
 

@@ -12,3 +12,16 @@ EmaOption = Annotated[
     typer.Option("--ema/--no-ema", help="EMA weights (default: when the run used EMA)."),
 ]
 ProgressOption = Annotated[bool, typer.Option(help="Progress bar on stderr.")]
+RecipeOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--recipe",
+        metavar="KEY=VALUE|FILE",
+        help="Override the labels' recipe recorded in the checkpoint, e.g. xc=pbe, "
+        "grid_level=4, or a JSON/YAML/TOML file of such keys (repeatable; printed).",
+    ),
+]
+KeepGoingOption = Annotated[
+    bool,
+    typer.Option("--keep-going", help="Exit 0 even when a DEQ did not converge for a molecule."),
+]

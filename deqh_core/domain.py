@@ -208,7 +208,8 @@ class TrainingDomain:
         if charge is not None and int(charge) != self.charge:
             out.append(
                 f"charge {int(charge):+d}: the model has no charge input and learned the "
-                f"Hamiltonians of charge {self.charge:+d} molecules; only the occupation changes"
+                f"Hamiltonians of {'neutral' if not self.charge else f'charge {self.charge:+d}'} "
+                "molecules; only the occupation changes"
             )
         return out
 

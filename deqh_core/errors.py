@@ -13,3 +13,20 @@ class BasisError(DeqhError, ValueError):
 
 class DataError(DeqhError, ValueError):
     """Malformed or inconsistent input data (xyz, database, labels)."""
+
+
+class CheckpointError(DeqhError):
+    """A checkpoint that is missing, corrupt, unsafe or belongs to another model/basis."""
+
+
+def validation_message(err, prefix: str = "", flags: bool = False) -> str:
+    """One line naming every field of a pydantic ``ValidationError`` and what is wrong with it:
+    ``"optim.lr: Input should be greater than 0; ..."``. ``prefix`` goes before each field
+    name; ``flags`` writes fields as command-line options (``--grid-level``)."""
+    parts = []
+    for e in err.errors():
+        name = prefix + ".".join(map(str, e["loc"]))
+        if flags:
+            name = "--" + name.replace("_", "-")
+        parts.append(f"{name}: {e['msg']}")
+    return "; ".join(parts)

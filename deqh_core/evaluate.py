@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from deqh_core.cli_options import DeviceOption, EmaOption, ProgressOption
-from deqh_core.errors import DataError, DeqhError
+from deqh_core.errors import CheckpointError, DataError, DeqhError
 
 if TYPE_CHECKING:
     import torch
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from deqh_core.data.dataset import HamiltonianDataset
     from deqh_core.metrics import MoleculeMetrics
     from deqh_core.model import HamiltonianModel
+    from deqh_core.recipe import Recipe
 
 
 class SplitName(StrEnum):
@@ -71,6 +72,56 @@ class LoadedModel:
     def step(self) -> int:
         return int(self.checkpoint.get("step", 0))
 
+    @property
+    def domain(self):
+        """The :class:`~deqh_core.domain.TrainingDomain` recorded (None before format 2)."""
+        from deqh_core.domain import TrainingDomain
+
+        return TrainingDomain.from_dict(self.checkpoint.get("domain"))
+
+    def recipe(self, overrides: list[str] | tuple = (), **changes) -> tuple[Recipe, str]:
+        """The recipe of the labels the model learned, with ``overrides``
+        (:func:`deqh_core.recipe.override_recipe`), and a line saying where it comes from.
+
+        The checkpoint's record; for checkpoints before format 2, the recipe stored in the
+        run's dataset file. Never a silent default: a checkpoint without either is an error
+        unless ``overrides`` are given.
+        """
+        from deqh_core.domain import recorded_recipe
+        from deqh_core.recipe import Recipe, labels_recipe, override_recipe
+
+        recorded = recorded_recipe(self.checkpoint.get("data"))
+        if recorded is not None:
+            base, note = recorded
+            source = "the checkpoint" + (f" ({note})" if note else "")
+        else:
+            path = run_data_path(self, must_exist=False)
+            if path is not None and path.is_file():
+                from deqh_core.data.md17 import open_source
+
+                meta = open_source(path, basis=self.layout.basis).recipe
+                base, note = labels_recipe(meta, self.layout.basis)
+                source = f"{path}, the run's dataset (the checkpoint records none)"
+                source += f"; {note}" if note else ""
+            elif overrides or any(v is not None for v in changes.values()):
+                base = Recipe(basis=self.layout.basis)
+                source = "the defaults (the checkpoint records none)"
+            else:
+                raise CheckpointError(
+                    f"{self.path}: records no labels' recipe (written before format 2) and the "
+                    f"run's dataset {self.config.data.path} is not here; give the recipe with "
+                    "--recipe xc=... (and grid_level=..., charge=...)"
+                )
+        recipe = override_recipe(base, overrides, **changes)
+        if recipe.basis.lower() != self.layout.basis.lower():
+            raise DataError(
+                f"recipe basis {recipe.basis!r}: the model predicts in {self.layout.basis!r}"
+            )
+        if recipe != base:
+            changed = {k: v for k, v in recipe.model_dump().items() if base.model_dump()[k] != v}
+            source += "; overridden: " + ", ".join(f"{k}={v}" for k, v in changed.items())
+        return recipe, source
+
 
 def load_model(
     checkpoint: str | Path,
@@ -97,7 +148,7 @@ def load_model(
     import torch
 
     from deqh_core.basis import AOLayout
-    from deqh_core.checkpoint import CheckpointError, load_checkpoint, same_model
+    from deqh_core.checkpoint import load_checkpoint, same_model
     from deqh_core.config import ConfigError, load_config
     from deqh_core.device import resolve_device
     from deqh_core.model import HamiltonianModel
@@ -152,10 +203,40 @@ def load_model(
 # data
 
 
-def _data_path(loaded: LoadedModel) -> Path:
+def run_data_path(loaded: LoadedModel, must_exist: bool = True) -> Path | None:
+    """The run's dataset file: as configured (relative to the working directory), else where
+    the checkpoint recorded it; the bundled file for runs on it. Checked against the recorded
+    checksum when found.
+
+    Raises:
+        DataError: ``must_exist`` and the file is in neither place, or it is another dataset.
+    """
     from deqh_core.data.dataset import BUNDLED
 
-    return Path(loaded.config.data.path) if loaded.config.data.path else BUNDLED
+    identity = loaded.checkpoint.get("data") or {}
+    if not loaded.config.data.path:
+        candidates = [BUNDLED]
+    else:
+        candidates = [Path(loaded.config.data.path)]
+        if identity.get("path"):
+            candidates.append(Path(identity["path"]))
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        if must_exist:
+            where = " nor at ".join(str(p) for p in dict.fromkeys(candidates))
+            raise DataError(f"the checkpoint's training data is not at {where}; pass --data PATH")
+        return None
+    if identity.get("checksum"):
+        from deqh_core.data.md17 import open_source
+        from deqh_core.domain import dataset_checksum
+
+        reader = open_source(path, basis=loaded.layout.basis)
+        if dataset_checksum(reader.ids(), reader.recipe) != identity["checksum"]:
+            raise DataError(
+                f"{path} is not the dataset {loaded.path} was trained on (its ids or recipe "
+                "differ from the checkpoint's record); pass --data PATH"
+            )
+    return path
 
 
 def _split_ids(loaded: LoadedModel, split: str) -> list[int]:
@@ -187,9 +268,7 @@ def evaluation_dataset(
 
     layout = loaded.layout
     if data is None:
-        path = _data_path(loaded)
-        if not path.exists():
-            raise DataError(f"{path}: the checkpoint's training data is missing; pass --data PATH")
+        path = run_data_path(loaded)
         split = split or "test"
         ids = _split_ids(loaded, split)
         return HamiltonianDataset(path, layout=layout, ids=ids), f"{path} (split: {split})"
@@ -224,31 +303,22 @@ def evaluation_dataset(
 
 
 def initial_guess_transform(
-    loaded: LoadedModel, recipe: dict | None, dataset=None, progress: bool = False
+    loaded: LoadedModel, recipe: Recipe, dataset=None, progress: bool = False
 ):
     """The dataset transform that puts ``H0`` on the items of a model with a prior or a DEQ
-    started from a PySCF guess, else ``None``. With a ``dataset`` from a file, ``H0`` of its
-    molecules is first computed into (or found in) the file's prior cache."""
+    started from a PySCF guess (built with ``recipe``, the labels' recipe of the model), else
+    ``None``. With a ``dataset`` from a file, ``H0`` of its molecules is first computed into
+    (or found in) the file's prior cache."""
     import os
 
     from deqh_core.prior import InitialGuess, PriorCache
 
-    transform = InitialGuess.for_run(loaded.config, loaded.layout.basis, recipe)
+    transform = InitialGuess.for_run(loaded.config, loaded.layout.basis, recipe.model_dump())
     if transform is not None and getattr(dataset, "path", None) is not None:
         transform.cache = PriorCache(dataset.path, transform.recipe, transform.kind)
         workers = loaded.config.data.prior_workers or os.cpu_count() or 1
         transform.cache.fill(dataset.records(), workers, progress)
     return transform
-
-
-def run_recipe(loaded: LoadedModel) -> dict:
-    """The DFT recipe stored in the run's dataset file (``{}`` if it has none or is gone)."""
-    from deqh_core.data.md17 import open_source
-
-    path = _data_path(loaded)
-    if not path.is_file():
-        return {}
-    return dict(open_source(path, basis=loaded.layout.basis).recipe or {})
 
 
 class _Transformed:
@@ -336,10 +406,11 @@ def evaluate_model(
     loaded: LoadedModel,
     dataset,
     batch_size: int | None = None,
-    charge: int = 0,
+    recipe: Recipe | None = None,
     progress: bool = False,
 ):
-    """Run ``loaded.model`` over ``dataset`` and accumulate the metrics.
+    """Run ``loaded.model`` over ``dataset`` and accumulate the metrics; ``recipe`` (default:
+    :meth:`LoadedModel.recipe`) sets the charge and starts a guess-started DEQ.
 
     Returns a :class:`~deqh_core.metrics.MetricsAccumulator`.
     """
@@ -351,15 +422,15 @@ def evaluate_model(
     from deqh_core.progress import tracked
 
     size = batch_size or loaded.config.data.val_batch_size or loaded.config.data.batch_size
-    recipe = getattr(dataset, "recipe", None)
+    recipe = recipe or loaded.recipe()[0]
     transform = initial_guess_transform(loaded, recipe, dataset, progress)
     loader = DataLoader(_Transformed(dataset, transform), batch_size=size)
-    acc = MetricsAccumulator()
+    acc = MetricsAccumulator(loaded.layout.basis, recipe.charge)
     with torch.no_grad(), tracked("evaluate", len(loader), progress) as advance:
         for batch in loader:
             batch = to_device(batch, loaded.device, loaded.dtype)
             pred, diagnostics = loaded.model(batch)
-            acc.update(pred, batch, diagnostics, charge)
+            acc.update(pred, batch, diagnostics)
             advance()
     return acc
 
@@ -380,10 +451,12 @@ def evaluate_checkpoint(
     weights (and ``model``). Raises a ``DeqhError`` subclass with a one-line message on bad
     input.
     """
+    from deqh_core.recipe import labels_recipe
+
     loaded = load_model(checkpoint, device, ema, model)
     dataset, label = evaluation_dataset(loaded, data, split)
-    charge = int((dataset.recipe or {}).get("charge", 0) or 0)
-    acc = evaluate_model(loaded, dataset, batch_size, charge, progress)
+    recipe = labels_recipe(dataset.recipe, loaded.layout.basis)[0]  # the labels scored against
+    acc = evaluate_model(loaded, dataset, batch_size, recipe, progress)
     return EvaluationResult(
         summary=acc.summary(),
         molecules=acc.molecules,

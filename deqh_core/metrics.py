@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from deqh_core.blocks import assemble, block_gather, unflatten
-from deqh_core.data.check import orbital_energies
 from deqh_core.deq import DEQDiagnostics
 from deqh_core.errors import DeqhError
+from deqh_core.orbitals import occupied_count, solve
 from deqh_core.solver import Blocks
 
 
@@ -79,17 +79,6 @@ class MAEAccumulator:
 # evaluation metrics (paper A.8, QH9's definitions)
 
 
-def n_occupied(atomic_numbers, charge: int = 0) -> int:
-    """Doubly occupied orbitals of a closed-shell molecule: ``(sum Z - charge) / 2``."""
-    n_electrons = int(np.sum(np.asarray(atomic_numbers))) - int(charge)
-    if n_electrons <= 0 or n_electrons % 2:
-        raise DeqhError(
-            f"{n_electrons} electrons (sum Z = {int(np.sum(atomic_numbers))}, charge {charge}): "
-            "orbital metrics need a closed-shell molecule with an even electron count"
-        )
-    return n_electrons // 2
-
-
 def orbital_errors(
     h_pred: np.ndarray, h_true: np.ndarray, overlap: np.ndarray, n_occ: int
 ) -> dict[str, float]:
@@ -107,10 +96,8 @@ def orbital_errors(
       the AO axis; the absolute value removes the arbitrary sign of an eigenvector. Orbitals
       are paired by energy rank, so a degenerate or reordered pair lowers the similarity.
     """
-    h_pred = np.asarray(h_pred, dtype=np.float64)
-    h_pred = (h_pred + h_pred.T) / 2  # eigh reads one triangle; a backbone should be symmetric
-    eps_p, c_p = orbital_energies(h_pred, overlap)
-    eps_t, c_t = orbital_energies(np.asarray(h_true, dtype=np.float64), overlap)
+    eps_p, c_p = solve(h_pred, overlap)  # symmetrised: eigh reads one triangle
+    eps_t, c_t = solve(h_true, overlap)
     occ = slice(0, n_occ)
     dot = np.abs(np.einsum("ai,ai->i", c_p[:, occ], c_t[:, occ]))
     cos = dot / (np.linalg.norm(c_p[:, occ], axis=0) * np.linalg.norm(c_t[:, occ], axis=0))
@@ -176,14 +163,18 @@ class MoleculeMetrics:
 
 
 def batch_metrics(
-    pred: Blocks, batch, diagnostics: DEQDiagnostics | None = None, charge: int = 0
+    pred: Blocks,
+    batch,
+    basis: str,
+    diagnostics: DEQDiagnostics | None = None,
+    charge: int = 0,
 ) -> list[MoleculeMetrics]:
     """:class:`MoleculeMetrics` of every molecule of a batch.
 
     H errors are computed on the blocks (vectorised over the batch); orbital metrics from the
     full matrices in PySCF order (``assemble`` + ``unflatten`` of predicted, label and overlap
-    blocks), one float64 generalized eigenproblem per molecule. ``charge`` sets the number of
-    occupied orbitals (closed shell).
+    blocks), one float64 generalized eigenproblem per molecule. ``basis`` and ``charge`` set
+    the number of occupied orbitals (closed shell; ECP cores excluded, as PySCF counts them).
     """
     block_mae = {k: v.cpu().tolist() for k, v in molecule_block_mae(pred, batch).items()}
 
@@ -201,7 +192,7 @@ def batch_metrics(
     rows = []
     for b, mol_id in enumerate(ids):
         z_mol = z[ptr[b] : ptr[b + 1]]
-        n_occ = n_occupied(z_mol, charge)
+        n_occ = occupied_count(z_mol, basis, charge, len(h_true[b]))
         row = MoleculeMetrics(
             mol_id=int(mol_id),
             n_atoms=len(z_mol),
@@ -256,13 +247,15 @@ class MetricsAccumulator:
     fraction of molecules converged to the tolerance.
     """
 
+    basis: str  # of the labels: sets the electron count (ECPs)
+    charge: int = 0
     molecules: list[MoleculeMetrics] = field(default_factory=list)
     entries: MAEAccumulator = field(default_factory=MAEAccumulator)
 
     def update(
-        self, pred: Blocks, batch, diagnostics: DEQDiagnostics | None = None, charge: int = 0
+        self, pred: Blocks, batch, diagnostics: DEQDiagnostics | None = None
     ) -> list[MoleculeMetrics]:
-        rows = batch_metrics(pred, batch, diagnostics, charge)
+        rows = batch_metrics(pred, batch, self.basis, diagnostics, self.charge)
         self.entries.update(pred, batch)
         self.molecules.extend(rows)
         return rows

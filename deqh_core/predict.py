@@ -32,14 +32,20 @@ import io
 import os
 import sys
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import numpy as np
 import typer
 
-from deqh_core.cli_options import DeviceOption, EmaOption, ProgressOption
+from deqh_core.cli_options import (
+    DeviceOption,
+    EmaOption,
+    KeepGoingOption,
+    ProgressOption,
+    RecipeOption,
+)
 from deqh_core.errors import DataError, DeqhError
 
 if TYPE_CHECKING:
@@ -48,6 +54,8 @@ if TYPE_CHECKING:
     from deqh_core.basis import AOLayout
     from deqh_core.data.xyz import Frame
     from deqh_core.evaluate import LoadedModel
+    from deqh_core.recipe import Recipe
+    from deqh_core.scf import CommutatorError
 
 HARTREE_EV = 27.211386245988  # CODATA 2018
 
@@ -69,6 +77,9 @@ class Prediction:
     n_occ: int
     deq_nstep: int | None = None
     deq_residual: float | None = None  # Hartree
+    deq_converged: bool | None = None  # DEQ models: the residual reached the tolerance
+    warnings: list[str] = field(default_factory=list)  # how it lies outside the training domain
+    commutator: CommutatorError | None = None  # --check: the label-free error of H
     npz: Path | None = None  # where it was saved
 
     @property
@@ -88,6 +99,14 @@ class Prediction:
     def formula(self) -> str:
         return formula(self.atomic_numbers)
 
+    @property
+    def name(self) -> str:
+        return f"{Path(self.source).name}:{self.frame}"
+
+    @property
+    def unconverged(self) -> bool:
+        return self.deq_converged is False
+
     def save(self, path: str | Path) -> Path:
         """Write the ``.npz`` described in the module doc (atomically)."""
         path = Path(path)
@@ -104,10 +123,15 @@ class Prediction:
             "lumo": np.array(self.lumo),
             "gap": np.array(self.gap),
             "source": np.array(f"{self.source}:{self.frame}"),
+            "warnings": np.array(self.warnings, dtype=str),
         }
         if self.deq_nstep is not None:
             arrays["deq_nstep"] = np.array(self.deq_nstep)
             arrays["deq_residual"] = np.array(self.deq_residual)
+            arrays["deq_converged"] = np.array(bool(self.deq_converged))
+        if self.commutator is not None:
+            arrays["commutator_max"] = np.array(self.commutator.max_abs)
+            arrays["commutator_fro"] = np.array(self.commutator.frobenius)
         tmp = path.with_name(path.name + ".tmp")
         with tmp.open("wb") as f:
             np.savez(f, **arrays)
@@ -118,13 +142,9 @@ class Prediction:
 
 def formula(atomic_numbers) -> str:
     """Hill formula, e.g. ``C2H6O``."""
-    from deqh_core.basis import symbol
+    from deqh_core.basis import formula as hill
 
-    counts = Counter(symbol(int(z)) for z in atomic_numbers)
-    order = sorted(counts)
-    if "C" in counts:
-        order = ["C"] + (["H"] if "H" in counts else []) + [k for k in order if k not in "CH"]
-    return "".join(f"{k}{counts[k] if counts[k] > 1 else ''}" for k in order)
+    return hill(atomic_numbers)
 
 
 def structure_item(
@@ -135,17 +155,33 @@ def structure_item(
 ):
     """The PyG item of an unlabelled molecule: the fields of
     :func:`deqh_core.data.dataset.molecule_data` without ``h_diag``/``h_off``; ``S`` from
-    PySCF in ``layout.basis`` (positions ``[n_atoms, 3]`` in Å)."""
+    PySCF in ``layout.basis`` (positions ``[n_atoms, 3]`` in Å).
+
+    Raises:
+        SingularOverlapError: ``S`` is (nearly) singular, e.g. atoms on top of each other; the
+            message names the closest pair of atoms.
+    """
     import torch
     from torch_geometric.data import Data
 
-    from deqh_core.basis import mole
+    from deqh_core.basis import mole, symbol
     from deqh_core.blocks import all_pairs, block_tables, split
+    from deqh_core.orbitals import SingularOverlapError, check_overlap
 
     dtype = dtype or torch.float64
     z = torch.as_tensor(np.asarray(atomic_numbers), dtype=torch.long)
     slot_ao, slot_sign, n_ao = block_tables(layout, z)
     overlap = mole(z.tolist(), positions, layout.basis).intor("int1e_ovlp")
+    try:
+        check_overlap(overlap)
+    except SingularOverlapError as err:
+        pos = np.asarray(positions, dtype=np.float64)
+        d = np.linalg.norm(pos[:, None] - pos[None], axis=-1) + np.diag(np.full(len(pos), np.inf))
+        i, j = np.unravel_index(int(d.argmin()), d.shape)
+        zi, zj = symbol(int(z[i])), symbol(int(z[j]))
+        raise SingularOverlapError(
+            f"{err}; atoms {i} ({zi}) and {j} ({zj}) are {d[i, j]:.3f} Å apart"
+        ) from None
     data = Data(
         z=z,
         pos=torch.as_tensor(np.asarray(positions), dtype=dtype),
@@ -159,14 +195,17 @@ def structure_item(
     return data
 
 
-def read_inputs(paths: list[str | Path], layout: AOLayout) -> list[tuple[Path, int, Frame]]:
-    """Every frame of every xyz file, checked against the layout before anything runs."""
+def read_inputs(
+    paths: list[str | Path], layout: AOLayout, elements: list[int] | None = None
+) -> list[tuple[Path, int, Frame]]:
+    """Every frame of every xyz file, checked before anything runs: every element must be in
+    ``elements`` (those the model was trained on; default: the layout's)."""
     from deqh_core.basis import symbol
     from deqh_core.data.xyz import read_xyz
 
     if not paths:
         raise DataError("no xyz files given")
-    known = set(layout.elements)
+    known = set(layout.elements if elements is None else elements) & set(layout.elements)
     frames = []
     for path in map(Path, paths):
         if not path.is_file():
@@ -175,9 +214,10 @@ def read_inputs(paths: list[str | Path], layout: AOLayout) -> list[tuple[Path, i
             bad = sorted({int(z) for z in frame.atomic_numbers} - known)
             if bad:
                 names = ", ".join(f"{symbol(z)} (Z={z})" for z in bad)
+                where = "AO layout" if set(bad) - set(layout.elements) else "training data"
                 raise DataError(
-                    f"{path}: frame {i}: element {names} is not in the checkpoint's AO layout "
-                    f"({layout.basis}: {' '.join(symbol(z) for z in layout.elements)}); the "
+                    f"{path}: frame {i}: element {names} is not in the checkpoint's {where} "
+                    f"({layout.basis}: {' '.join(symbol(z) for z in sorted(known))}); the "
                     "model cannot predict it"
                 )
             frames.append((path, i, frame))
@@ -205,35 +245,56 @@ def predict_frames(
     loaded: LoadedModel,
     frames: list[tuple[Path, int, Frame]],
     batch_size: int = 16,
-    charge: int = 0,
+    charge: int | None = None,
     progress: bool = False,
+    recipe: Recipe | None = None,
+    check: bool = False,
 ) -> list[Prediction]:
-    """Predictions for ``frames`` (``(file, index, Frame)``) with a loaded model."""
+    """Predictions for ``frames`` (``(file, index, Frame)``) with a loaded model.
+
+    ``recipe``: the labels' recipe (default: :meth:`LoadedModel.recipe`); it starts a
+    guess-started DEQ, sets the electron count (ECPs; ``charge`` overrides its charge) and
+    builds the Fock matrix of ``check``, the commutator
+    (:func:`deqh_core.scf.commutator_error`). Every molecule is checked against the training
+    domain (:attr:`Prediction.warnings`); a DEQ's per-molecule convergence is in
+    :attr:`Prediction.deq_converged`.
+    """
     import torch
     from torch_geometric.loader import DataLoader
 
     from deqh_core.blocks import assemble, unflatten
-    from deqh_core.data.check import orbital_energies
     from deqh_core.device import to_device
-    from deqh_core.evaluate import initial_guess_transform, run_recipe
-    from deqh_core.metrics import n_occupied
+    from deqh_core.evaluate import initial_guess_transform
+    from deqh_core.orbitals import occupied_count, solve
     from deqh_core.progress import tracked
 
-    transform = initial_guess_transform(loaded, {**run_recipe(loaded), "charge": charge})
-    n_occ = []
+    recipe = recipe or loaded.recipe()[0]
+    if charge is not None and charge != recipe.charge:
+        recipe = recipe.model_copy(update={"charge": int(charge)})
+    transform = initial_guess_transform(loaded, recipe)
+    domain = loaded.domain
+    n_occ, warnings = [], []
     for path, i, frame in frames:
+        z = frame.atomic_numbers
         try:
-            n_occ.append(n_occupied(frame.atomic_numbers, charge))
+            n_occ.append(
+                occupied_count(z, recipe.basis, recipe.charge, loaded.layout.n_ao_table[z].sum())
+            )
         except DeqhError as err:
             raise DataError(f"{path}: frame {i}: {err}") from None
+        found = [] if domain is None else domain.check(z, frame.positions, recipe.charge)
+        warnings.append(found)
     results: list[Prediction] = []
     starts = range(0, len(frames), batch_size)
     with torch.no_grad(), tracked("predict", len(starts), progress) as advance:
         for start in starts:
             chunk = frames[start : start + batch_size]
             items = []
-            for _, _, frame in chunk:
-                item = structure_item(frame.atomic_numbers, frame.positions, loaded.layout)
+            for path, i, frame in chunk:
+                try:
+                    item = structure_item(frame.atomic_numbers, frame.positions, loaded.layout)
+                except DeqhError as err:
+                    raise type(err)(f"{path}: frame {i}: {err}") from None
                 items.append(transform(item) if transform is not None else item)
             batch = next(iter(DataLoader(items, batch_size=len(items))))
             batch = to_device(batch, loaded.device, loaded.dtype)
@@ -246,28 +307,55 @@ def predict_frames(
                 h = hams[b].cpu().numpy()
                 h = (h + h.T) / 2
                 s = overlaps[b].cpu().numpy()
-                eps, c = orbital_energies(h, s)
-                results.append(
-                    Prediction(
-                        source=str(path),
-                        frame=i,
-                        comment=frame.comment,
-                        atomic_numbers=np.asarray(frame.atomic_numbers),
-                        positions=np.asarray(frame.positions),
-                        basis=loaded.layout.basis,
-                        hamiltonian=h,
-                        overlap=s,
-                        orbital_energies=eps,
-                        orbital_coefficients=c,
-                        n_occ=n_occ[start + b],
-                        deq_nstep=None if diagnostics is None else int(diagnostics.nstep[b]),
-                        deq_residual=(
-                            None if diagnostics is None else float(diagnostics.abs_residual[b])
-                        ),
-                    )
+                try:
+                    eps, c = solve(h, s)
+                except DeqhError as err:
+                    raise type(err)(f"{path}: frame {i}: {err}") from None
+                p = Prediction(
+                    source=str(path),
+                    frame=i,
+                    comment=frame.comment,
+                    atomic_numbers=np.asarray(frame.atomic_numbers),
+                    positions=np.asarray(frame.positions),
+                    basis=loaded.layout.basis,
+                    hamiltonian=h,
+                    overlap=s,
+                    orbital_energies=eps,
+                    orbital_coefficients=c,
+                    n_occ=n_occ[start + b],
+                    warnings=warnings[start + b],
                 )
+                if diagnostics is not None:
+                    p.deq_nstep = int(diagnostics.nstep[b])
+                    p.deq_residual = float(diagnostics.abs_residual[b])
+                    p.deq_converged = bool(diagnostics.converged[b])
+                if check:
+                    from deqh_core.scf import commutator_error
+
+                    p.commutator = commutator_error(
+                        h, frame.atomic_numbers, frame.positions, recipe
+                    )
+                results.append(p)
             advance()
     return results
+
+
+def prepare(
+    checkpoint: str | Path,
+    xyz: list[str | Path],
+    device: str = "cpu",
+    ema: bool | None = None,
+    recipe: list[str] | tuple = (),
+):
+    """Load the model and read and check the inputs: ``(loaded, recipe, recipe_source,
+    frames, output_names)``. Elements the model was not trained on are refused here."""
+    from deqh_core.evaluate import load_model
+
+    loaded = load_model(checkpoint, device, ema)
+    labels, source = loaded.recipe(recipe)
+    domain = loaded.domain
+    frames = read_inputs(list(xyz), loaded.layout, domain.elements if domain else None)
+    return loaded, labels, source, frames, output_names(frames)
 
 
 def predict_files(
@@ -276,25 +364,34 @@ def predict_files(
     out_dir: str | Path | None = "predictions",
     device: str = "cpu",
     batch_size: int = 16,
-    charge: int = 0,
+    charge: int | None = None,
     ema: bool | None = None,
     progress: bool = False,
+    recipe: list[str] | tuple = (),
+    check: bool = False,
 ) -> list[Prediction]:
     """Predict every frame of every file in ``xyz``; save ``.npz`` files and ``summary.csv``
-    in ``out_dir`` (``None``: save nothing). All inputs are checked before anything runs."""
-    from deqh_core.evaluate import load_model
+    in ``out_dir`` (``None``: save nothing). All inputs are checked before anything runs.
 
-    loaded = load_model(checkpoint, device, ema)
-    frames = read_inputs(list(xyz), loaded.layout)
-    names = output_names(frames)
-    predictions = predict_frames(loaded, frames, batch_size, charge, progress)
+    ``recipe``: overrides of the checkpoint's recipe (``KEY=VALUE`` or files, see
+    :func:`deqh_core.recipe.override_recipe`); ``charge`` (default: the recipe's) sets the
+    electron count only: the model has no charge input. ``check``: compute the commutator
+    check of every prediction (one Fock build each).
+    """
+    loaded, labels, _, frames, names = prepare(checkpoint, xyz, device, ema, recipe)
+    predictions = predict_frames(loaded, frames, batch_size, charge, progress, labels, check)
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        for prediction, name in zip(predictions, names):
-            prediction.save(out / name)
-        write_summary(predictions, out / "summary.csv")
+        save_predictions(predictions, names, out_dir)
     return predictions
+
+
+def save_predictions(predictions: list[Prediction], names: list[str], out_dir: str | Path) -> Path:
+    """One ``.npz`` per prediction and ``summary.csv`` in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for prediction, name in zip(predictions, names):
+        prediction.save(out / name)
+    return write_summary(predictions, out / "summary.csv")
 
 
 SUMMARY_FIELDS = (
@@ -309,6 +406,9 @@ SUMMARY_FIELDS = (
     "gap_ev",
     "deq_nstep",
     "deq_residual",
+    "deq_converged",
+    "commutator_max",
+    "warnings",
     "npz",
 )
 
@@ -326,6 +426,9 @@ def summary_row(p: Prediction) -> dict:
         "gap_ev": p.gap * HARTREE_EV,
         "deq_nstep": "" if p.deq_nstep is None else p.deq_nstep,
         "deq_residual": "" if p.deq_residual is None else p.deq_residual,
+        "deq_converged": "" if p.deq_converged is None else p.deq_converged,
+        "commutator_max": "" if p.commutator is None else p.commutator.max_abs,
+        "warnings": "; ".join(p.warnings),
         "npz": "" if p.npz is None else p.npz.name,
     }
 
@@ -348,12 +451,16 @@ def summary_table(predictions: list[Prediction], title: str, limit: int = 30):
     for column in ("molecule", "formula", "atoms", "AOs", "HOMO, Ha", "LUMO, Ha", "gap, eV"):
         table.add_column(column, justify="left" if column in ("molecule", "formula") else "right")
     deq = any(p.deq_nstep is not None for p in predictions)
+    check = any(p.commutator is not None for p in predictions)
     if deq:
         table.add_column("DEQ nstep", justify="right")
         table.add_column("residual, Ha", justify="right")
+    if check:
+        table.add_column("max|FDS-SDF|, Ha", justify="right")
+    table.add_column("flags")
     for p in predictions[:limit]:
         row = [
-            f"{Path(p.source).name}:{p.frame}",
+            p.name,
             p.formula,
             str(len(p.atomic_numbers)),
             str(len(p.orbital_energies)),
@@ -363,10 +470,30 @@ def summary_table(predictions: list[Prediction], title: str, limit: int = 30):
         ]
         if deq:
             row += [str(p.deq_nstep), f"{p.deq_residual:.1e}"]
+        if check:
+            row.append(f"{p.commutator.max_abs:.1e}" if p.commutator else "-")
+        flags = (["UNCONVERGED"] if p.unconverged else []) + (["outside"] if p.warnings else [])
+        row.append(", ".join(flags))
         table.add_row(*row)
     if len(predictions) > limit:
         table.caption = f"... and {len(predictions) - limit} more (see summary.csv)"
     return table
+
+
+def report_flags(predictions: list[Prediction], console) -> tuple[int, int]:
+    """Print every out-of-domain warning and unconverged DEQ; ``(n_unconverged, n_outside)``."""
+    unconverged = [p for p in predictions if p.unconverged]
+    outside = [p for p in predictions if p.warnings]
+    for p in outside:
+        for warning in p.warnings:
+            console.print(f"warning: {p.source}: frame {p.frame}: {warning}", style="yellow")
+    for p in unconverged:
+        console.print(
+            f"UNCONVERGED: {p.source}: frame {p.frame}: DEQ residual {p.deq_residual:.2e} Ha "
+            "above the tolerance; the prediction is not a fixed point of the model",
+            style="red",
+        )
+    return len(unconverged), len(outside)
 
 
 def predict_command(
@@ -380,21 +507,58 @@ def predict_command(
     out: Annotated[
         Path, typer.Option(help="Directory for the .npz files and summary.csv.", file_okay=False)
     ] = Path("predictions"),
-    charge: Annotated[int, typer.Option(help="Molecular charge (closed shell), e.")] = 0,
+    charge: Annotated[
+        int | None,
+        typer.Option(help="Molecular charge (closed shell), e; default: the labels'."),
+    ] = None,
+    recipe: RecipeOption = None,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check", help="Label-free check: ||FDS - SDF|| of each prediction (one Fock build)."
+        ),
+    ] = False,
+    keep_going: KeepGoingOption = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Also exit 1 when a molecule is outside the domain.")
+    ] = False,
     device: DeviceOption = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Molecules per batch.")] = 16,
     ema: EmaOption = None,
     progress: ProgressOption = True,
 ) -> None:
-    """Predict H (PySCF AO order), orbital energies and HOMO/LUMO for new molecules."""
+    """Predict H (PySCF AO order), orbital energies and HOMO/LUMO for new molecules.
+
+    Every molecule is compared with the training data (elements it lacks are refused; other
+    differences are warnings). A DEQ model's unconverged molecules make the command exit 1
+    after writing everything, unless --keep-going.
+    """
     from rich.console import Console
     from rich.markup import escape
 
-    predictions = predict_files(
-        checkpoint, xyz, out, device, batch_size, charge, ema=ema, progress=progress
-    )
+    from deqh_core.recipe import describe_recipe
+
+    loaded, labels, source, frames, names = prepare(checkpoint, xyz, device, ema, recipe or ())
+    err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+    err.print(f"recipe: {describe_recipe(labels)} (from {source})")
+    if loaded.domain is None:
+        err.print(
+            f"warning: {checkpoint} records no training domain (written before format 2); "
+            "molecules are not compared with the training data",
+            style="yellow",
+        )
+    predictions = predict_frames(loaded, frames, batch_size, charge, progress, labels, check)
+    save_predictions(predictions, names, out)
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     console.print(summary_table(predictions, f"deqh predict: {escape(str(checkpoint))}"))
     console.print(
         f"{len(predictions)} molecule(s): .npz files and summary.csv in {out}/", markup=False
     )
+    unconverged, outside = report_flags(predictions, err)
+    if unconverged and not keep_going:
+        raise DeqhError(
+            f"{unconverged} of {len(predictions)} molecule(s) did not converge (results written, "
+            "flagged in summary.csv); pass --keep-going to accept them"
+        )
+    if outside and strict:
+        raise DeqhError(f"{outside} molecule(s) lie outside the training domain (--strict)")

@@ -132,3 +132,53 @@ def labels_recipe(meta: dict | None, basis: str) -> tuple[Recipe, str | None]:
     return Recipe(basis=basis), (
         f"the file records no recipe; assumed QH9's: b3lyp5/{basis}, grid level 3"
     )
+
+
+def override_recipe(recipe: Recipe, items: Sequence[str] = (), **changes) -> Recipe:
+    """``recipe`` with changes: ``items`` are ``KEY=VALUE`` (value parsed as YAML, e.g.
+    ``xc=pbe``, ``grid_level=4``) or paths of JSON/YAML/TOML files holding such keys; keyword
+    ``changes`` that are not None apply last. Errors name the field or the file."""
+    from pathlib import Path
+
+    import yaml
+    from pydantic import ValidationError
+
+    from deqh_core.errors import DataError, validation_message
+
+    values: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if sep and key.strip():
+            values[key.strip().replace("-", "_")] = yaml.safe_load(value)
+            continue
+        path = Path(item)
+        if not path.is_file():
+            raise DataError(f"--recipe {item!r}: neither KEY=VALUE nor a recipe file")
+        from deqh_core.config import ConfigError, read_config_file
+
+        try:
+            loaded = read_config_file(path)
+        except ConfigError as err:
+            raise DataError(str(err)) from None
+        if not isinstance(loaded, dict):
+            raise DataError(f"{path}: a recipe file holds a mapping of recipe fields")
+        values |= loaded
+    values |= {k: v for k, v in changes.items() if v is not None}
+    unknown = sorted(set(values) - set(Recipe.model_fields))
+    if unknown:
+        raise DataError(
+            f"--recipe: unknown field(s) {', '.join(unknown)}; known: "
+            f"{', '.join(Recipe.model_fields)}"
+        )
+    try:
+        return Recipe(**(recipe.model_dump() | values))
+    except ValidationError as err:
+        raise DataError(f"--recipe: {validation_message(err)}") from None
+
+
+def describe_recipe(recipe: Recipe) -> str:
+    """``b3lyp5/def2-svp, grid 3, conv_tol 1e-09, charge 0``."""
+    return (
+        f"{recipe.xc}/{recipe.basis}, grid {recipe.grid_level}, conv_tol {recipe.conv_tol:g}, "
+        f"charge {recipe.charge}"
+    )

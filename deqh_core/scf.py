@@ -40,7 +40,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from deqh_core.cli_options import ProgressOption
+from deqh_core.cli_options import KeepGoingOption, ProgressOption, RecipeOption
 from deqh_core.errors import DataError, DeqhError
 from deqh_core.parallel import map_unordered
 from deqh_core.progress import tracked
@@ -57,19 +57,11 @@ GUESSES = ("minao", "1e")
 def density_from_hamiltonian(
     hamiltonian: np.ndarray, overlap: np.ndarray, n_electrons: int
 ) -> np.ndarray:
-    """Closed-shell aufbau density ``D = 2 C_occ C_occᵀ`` (``[n_ao, n_ao]``) of the generalised
-    eigenproblem ``H C = S C eps``; ``H`` is symmetrised first (a prediction may not be exactly
-    symmetric). ``n_electrons`` must be even."""
-    import scipy.linalg
+    """Closed-shell aufbau density ``D = 2 C_occ C_occᵀ`` (``[n_ao, n_ao]``) of ``H C = S C
+    eps`` (:func:`deqh_core.orbitals.density`; ``H`` symmetrised, ``n_electrons`` even)."""
+    from deqh_core.orbitals import density
 
-    if n_electrons % 2:
-        raise DataError(f"{n_electrons} electrons: only closed-shell densities are supported")
-    h = np.asarray(hamiltonian, dtype=np.float64)
-    if not np.isfinite(h).all():
-        raise DataError("the Hamiltonian contains NaN or inf")
-    _, c = scipy.linalg.eigh((h + h.T) / 2, overlap)
-    occ = c[:, : n_electrons // 2]
-    return 2.0 * occ @ occ.T
+    return density(hamiltonian, overlap, n_electrons)
 
 
 @dataclass(frozen=True)
@@ -102,8 +94,13 @@ def commutator_error(
     matrix of ``H``'s density with that density (see :class:`CommutatorError`). Costs one Fock
     build with the recipe (grid, J/K, XC), about one SCF cycle."""
     recipe = recipe or Recipe()
-    mf = recipe.rks(_mole(recipe, atomic_numbers, positions))
-    return _commutator(np.asarray(hamiltonian, dtype=np.float64), mf)
+    mol = _mole(recipe, atomic_numbers, positions)
+    h = np.asarray(hamiltonian, dtype=np.float64)
+    if h.shape != (mol.nao, mol.nao):
+        raise DataError(
+            f"H is {h.shape[0]}x{h.shape[1]} but the molecule has {mol.nao} AOs in {recipe.basis}"
+        )
+    return _commutator(h, recipe.rks(mol))
 
 
 def _commutator(h: np.ndarray, mf) -> CommutatorError:
@@ -555,6 +552,7 @@ class Predictor:
         from deqh_core.evaluate import load_model
 
         self.loaded = load_model(checkpoint, device=device)
+        self.domain = self.loaded.domain
         self.path = Path(checkpoint)
         self.model, self.config, self.layout = (
             self.loaded.model,
@@ -613,23 +611,31 @@ class Predictor:
         h = flat.view(n, n).double().cpu().numpy()
         return (h + h.T) / 2, seconds, diagnostics
 
+    def labels_recipe(self, overrides: Sequence[str] = (), **changes) -> tuple[Recipe, str]:
+        """The recipe of the labels the model learned (see
+        :meth:`deqh_core.evaluate.LoadedModel.recipe`: the checkpoint's record, never a silent
+        default), with ``overrides``; and where it comes from."""
+        return self.loaded.recipe(overrides, **changes)
+
     def dataset_recipe(self, data_path: str | Path | None = None) -> Recipe:
-        """The recipe stored in the dataset (default: the run's); the default recipe in the
-        model's basis if the file records none (raw QH9) or is not there (a moved checkpoint)."""
-        path = Path(data_path or self.data_path)
-        if not path.is_file():
-            return Recipe(basis=self.layout.basis)
-        return dataset_recipe(path, self.layout.basis)
+        """The labels' recipe (:meth:`labels_recipe`); for a checkpoint that records none, the
+        recipe stored in ``data_path`` (default: the run's dataset)."""
+        from deqh_core.errors import CheckpointError
+
+        try:
+            return self.loaded.recipe()[0]
+        except CheckpointError:
+            if data_path is None or not Path(data_path).is_file():
+                raise
+            return dataset_recipe(data_path, self.layout.basis)
 
 
 def dataset_recipe(path: str | Path, basis: str) -> Recipe:
-    """The DFT recipe of a dataset file, or the default recipe in ``basis`` if it has none."""
+    """The recipe of a dataset file's labels (:func:`deqh_core.recipe.labels_recipe`)."""
     from deqh_core.data.md17 import open_source
+    from deqh_core.recipe import labels_recipe
 
-    meta = open_source(Path(path), basis=basis).recipe or {}
-    if meta.get("xc"):
-        return Recipe.from_meta(meta)
-    return Recipe(basis=basis)
+    return labels_recipe(open_source(Path(path), basis=basis).recipe, basis)[0]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -683,9 +689,10 @@ def scf_command(
         list[str] | None,
         typer.Option(help="PySCF guess to compare with (repeatable; default minao and 1e)."),
     ] = None,
+    recipe_items: RecipeOption = None,
     xc: Annotated[str | None, typer.Option(help="Override the recipe's functional.")] = None,
     basis: Annotated[
-        str | None, typer.Option(help="Recipe basis if the dataset has none (= model's).")
+        str | None, typer.Option(help="Basis of the recipe (must be the model's).")
     ] = None,
     grid_level: Annotated[
         int | None, typer.Option(help="Override the recipe's DFT grid level.")
@@ -693,6 +700,7 @@ def scf_command(
     max_cycle: Annotated[
         int | None, typer.Option(min=1, help="Override the recipe's SCF cycle limit.")
     ] = None,
+    keep_going: KeepGoingOption = False,
     device: Annotated[str, typer.Option(help="Device of the model.")] = "cpu",
     progress: ProgressOption = True,
 ) -> None:
@@ -701,10 +709,14 @@ def scf_command(
     For each molecule: SCF from the prediction's density, from PySCF's minao and 1e guesses;
     optimal / achieved / error-level ratios, wall time saved, energy agreement and the
     prediction's commutator error. Writes scf.csv, scf_summary.json and scf_table.md.
+    The recipe is the labels' recipe recorded in the checkpoint (printed; --recipe, --xc, ...
+    override it). A DEQ model's unconverged molecules make the command exit 1 after writing
+    everything, unless --keep-going.
     """
     from rich.console import Console
 
-    from deqh_core.data.xyz import read_xyz
+    from deqh_core.predict import read_inputs
+    from deqh_core.recipe import describe_recipe, labels_recipe
 
     guesses = tuple(guess or GUESSES)
     for g in guesses:
@@ -712,42 +724,57 @@ def scf_command(
             raise DataError(f"--guess {g!r}: use minao, 1e, atom, huckel, sap or vsap")
     if split not in (None, "train", "val", "test", "all"):
         raise DataError(f"--split {split!r}: use train, val, test or all")
+    if xyz and data is not None:
+        raise DataError("give either molecule .xyz files or --data, not both")
     predictor = Predictor(checkpoint, device=device)
     if basis is not None and basis.lower() != predictor.layout.basis.lower():
         raise DataError(f"--basis {basis!r}: the model predicts in {predictor.layout.basis!r}")
-    base = predictor.dataset_recipe(data)
-    recipe = _override(base, xc=xc, grid_level=grid_level, max_cycle=max_cycle)
+    recipe, source = predictor.labels_recipe(
+        recipe_items or (), xc=xc, grid_level=grid_level, max_cycle=max_cycle
+    )
     predictor.recipe = recipe
-    console = Console(stderr=True, highlight=False, markup=False)
+    console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+    console.print(f"recipe: {describe_recipe(recipe)} (from {source})")
     molecules: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]] = []
+    warnings: dict[str, list[str]] = {}
     if xyz:
-        if data is not None:
-            raise DataError("give either molecule .xyz files or --data, not both")
-        frames = [(f"{p.name}#{k}", fr) for p in xyz for k, fr in enumerate(read_xyz(p))]
-        for name, fr in frames[:limit]:
+        domain = predictor.domain
+        frames = read_inputs(list(xyz), predictor.layout, domain.elements if domain else None)
+        for path, k, fr in frames[:limit]:
+            name = f"{path.name}#{k}"
             molecules.append((name, fr.atomic_numbers, fr.positions, None))
+            if domain is not None:
+                warnings[name] = domain.check(fr.atomic_numbers, fr.positions, recipe.charge)
         console.print(f"{len(molecules)} molecule(s) from xyz; reference: SCF from the prediction")
     else:
-        records, note = select_records(predictor, data, split, limit)
-        same = recipe == base
+        from deqh_core.evaluate import evaluation_dataset
+
+        dataset, note = evaluation_dataset(predictor.loaded, data, split)
+        records = list(dataset.records())[:limit]
+        note = f"{note}: {len(records)} molecule(s)"
+        labels = labels_recipe(dataset.recipe, predictor.layout.basis)[0]
+        same = labels == recipe
         for r in records:
             label = r.hamiltonian if same else None
             molecules.append((f"{r.id}:{r.source or ''}", r.atomic_numbers, r.positions, label))
         console.print(note)
         if not same:
-            console.print("recipe overridden: labels do not apply; reference: SCF from prediction")
+            console.print(
+                f"the labels' recipe ({describe_recipe(labels)}) is not the one run: labels do "
+                "not apply; reference: SCF from the prediction"
+            )
     if molecules:  # a warm-up pass, so that the first molecule's time is not the model's setup
-        predictor.predict(predictor.item(*molecules[0][1:3]))
-    tasks = []
-    for name, z, pos, label in molecules:
-        h, seconds, _ = predictor.predict(predictor.item(z, pos))
+        predictor.predict(_item(predictor, molecules[0]))
+    tasks, unconverged = [], []
+    for molecule in molecules:
+        name, z, pos, label = molecule
+        h, seconds, diagnostics = predictor.predict(_item(predictor, molecule))
+        if diagnostics is not None and not bool(diagnostics.converged.all()):
+            unconverged.append((name, float(diagnostics.abs_residual.max())))
         tasks.append(SCFTask(name, z, pos, h, label, seconds))
     if not tasks:
         raise DataError("no molecules to run")
-    console.print(
-        f"recipe: {recipe.xc}/{recipe.basis}, grid {recipe.grid_level}, conv_tol "
-        f"{recipe.conv_tol:g}; guesses: {', '.join(guesses)}; {workers} worker(s)"
-    )
+    console.print(f"guesses: {', '.join(guesses)}; {workers} worker(s)")
     results = run_acceleration(tasks, recipe, guesses, workers=workers, progress=progress)
     out = out or checkpoint.parent / "scf"
     paths = write_report(results, out, predictor.name)
@@ -755,16 +782,23 @@ def scf_command(
     Console(highlight=False, markup=False).print(
         f"wrote {paths['csv']}, {paths['json']}, {paths['md']}"
     )
+    for name, found in warnings.items():
+        for warning in found:
+            console.print(f"warning: {name}: {warning}", style="yellow")
+    for name, residual in unconverged:
+        console.print(
+            f"UNCONVERGED: {name}: DEQ residual {residual:.2e} Ha above the tolerance", style="red"
+        )
+    if unconverged and not keep_going:
+        raise DeqhError(
+            f"{len(unconverged)} of {len(tasks)} molecule(s) did not converge (results written); "
+            "pass --keep-going to accept them"
+        )
 
 
-def _override(recipe: Recipe, **changes) -> Recipe:
-    from pydantic import ValidationError
-
-    changes = {k: v for k, v in changes.items() if v is not None}
+def _item(predictor: Predictor, molecule: tuple) -> Any:
+    name, z, pos, _ = molecule
     try:
-        return Recipe(**(recipe.model_dump() | changes))
-    except ValidationError as err:
-        msgs = [
-            f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in err.errors()
-        ]
-        raise DataError("; ".join(msgs)) from None
+        return predictor.item(z, pos)
+    except DeqhError as err:
+        raise type(err)(f"{name}: {err}") from None

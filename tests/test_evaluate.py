@@ -190,9 +190,13 @@ def test_predict_saves_h_orbitals_and_matches_the_model(ablation, tmp_path):
     water = _xyz(tmp_path / "water.xyz", frames[:2])
     ethanol = _xyz(tmp_path / "ethanol.xyz", frames[2:])
     pred_dir = tmp_path / "pred"
-    result = runner.invoke(
-        app, ["predict", str(ckpt), str(water), str(ethanol), "--out", str(pred_dir)]
-    )
+    args = ["predict", str(ckpt), str(water), str(ethanol), "--out", str(pred_dir)]
+    # a 2-step model with 2 DEQ iterations converges nowhere: flagged, exit 1, results kept
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "3 of 3 molecule(s) did not converge" in result.output
+    assert "UNCONVERGED" in result.output and "recipe: b3lyp5/def2-svp" in result.output
+    assert (pred_dir / "summary.csv").read_text().count(",False,") == 3
+    result = runner.invoke(app, [*args, "--keep-going"])
     assert result.exit_code == 0, result.output
     assert "C2H6O" in result.output and "H2O" in result.output
     names = sorted(p.name for p in pred_dir.iterdir())

@@ -14,9 +14,9 @@ from deqh_core.metrics import (
     MAEAccumulator,
     MetricsAccumulator,
     batch_metrics,
-    n_occupied,
     orbital_errors,
 )
+from deqh_core.orbitals import electron_count, occupied_count
 from deqh_core.recipe import Recipe
 from deqh_core.solver import Blocks
 
@@ -76,7 +76,7 @@ def _reference(h_pred, h_true, s, n_occ, mol):
 
 def test_true_hamiltonian_scores_perfectly_and_matches_pyscf(molecules):
     batch, records, mols = molecules
-    rows = batch_metrics(Blocks(batch.h_diag, batch.h_off), batch)
+    rows = batch_metrics(Blocks(batch.h_diag, batch.h_off), batch, "def2-svp")
     for row, record, mol in zip(rows, records, mols):
         assert row.mol_id == record.id and row.n_occ == mol.nelectron // 2
         assert row.h_mae_all == row.h_mae_diag == row.h_mae_off == 0.0
@@ -92,7 +92,7 @@ def test_true_hamiltonian_scores_perfectly_and_matches_pyscf(molecules):
 def test_perturbed_hamiltonian_matches_an_independent_computation(molecules):
     batch, records, mols = molecules
     h_pred, pred = _perturbed(batch, records)
-    rows = batch_metrics(pred, batch)
+    rows = batch_metrics(pred, batch, "def2-svp")
     for row, hp, record, mol in zip(rows, h_pred, records, mols):
         ref = _reference(hp, record.hamiltonian, mol.intor("int1e_ovlp"), row.n_occ, mol)
         for key, value in ref.items():
@@ -103,7 +103,7 @@ def test_perturbed_hamiltonian_matches_an_independent_computation(molecules):
 def test_summary_averages_molecules_and_keeps_the_entry_weighted_mae(molecules):
     batch, records, _ = molecules
     _, pred = _perturbed(batch, records, seed=1)
-    acc = MetricsAccumulator()
+    acc = MetricsAccumulator("def2-svp")
     rows = acc.update(pred, batch)
     summary = acc.summary()
     assert summary["n_molecules"] == len(IDS) == len(rows)
@@ -133,7 +133,7 @@ def test_deq_diagnostics_are_summarised(molecules):
         diverged=torch.zeros(n, dtype=torch.bool),
         nonfinite=False,
     )
-    acc = MetricsAccumulator()
+    acc = MetricsAccumulator("def2-svp")
     acc.update(Blocks(batch.h_diag, batch.h_off), batch, diag)
     s = acc.summary()
     assert (s["deq_nfe"], s["deq_nstep"], s["deq_converged"]) == (4.0, 3.4, 0.8)
@@ -142,10 +142,12 @@ def test_deq_diagnostics_are_summarised(molecules):
 
 
 def test_occupied_orbitals_and_their_errors():
-    assert n_occupied([8, 1, 1]) == 5
-    assert n_occupied([8, 1, 1, 1], charge=1) == 5
-    with pytest.raises(DeqhError, match="closed-shell"):
-        n_occupied([8, 1])
+    assert occupied_count([8, 1, 1], "def2-svp") == 5
+    assert occupied_count([8, 1, 1, 1], "def2-svp", charge=1) == 5
+    with pytest.raises(DeqhError, match="closed shells"):
+        occupied_count([8, 1], "def2-svp")
+    with pytest.raises(DeqhError, match="25 doubly occupied orbitals, but def2-svp gives only 24"):
+        occupied_count([8, 1, 1], "def2-svp", charge=-40, n_ao=24)
     # a permuted, sign-flipped copy of the same orbitals is still similarity 1
     rng = np.random.default_rng(0)
     a = rng.normal(size=(6, 6))
@@ -155,3 +157,16 @@ def test_occupied_orbitals_and_their_errors():
     errors = orbital_errors(h, h, s, 3)
     assert errors["psi_cos"] == pytest.approx(1.0) and errors["eps_occ_mae"] < 1e-12
     assert np.isnan(orbital_errors(h, h, s, 6)["lumo_error"])
+
+
+@pytest.mark.parametrize("basis", ["def2-svp", "def2-tzvp", "sto-3g"])
+def test_electron_counts_are_those_of_pyscf_with_ecps(basis):
+    """def2 basis sets put ECPs on Rb and beyond: iodine keeps 25 of its 53 electrons."""
+    cases = [([1, 53], 0), ([55, 53], 0), ([8, 1, 1], 0), ([37, 9], 0), ([1, 35], -2)]
+    for z, charge in cases:
+        if basis == "sto-3g" and max(z) > 54:
+            continue
+        pos = np.arange(3 * len(z), dtype=float).reshape(-1, 3)
+        mol = Recipe(basis=basis, charge=charge).mole(z, pos)
+        assert electron_count(z, basis, charge) == mol.nelectron, (z, basis)
+    assert electron_count([1, 53], "def2-tzvp") == 26 and electron_count([1, 53], "sto-3g") == 54

@@ -154,6 +154,10 @@ def test_scf_command_writes_csv_json_and_markdown(run_dir, tmp_path):
     out = tmp_path / "scf"
     args = ["scf", str(run_dir / "last.pt"), "--limit", "2", "--workers", "2", "--xc", "hf"]
     result = CliRunner().invoke(app, [*args, "--out", str(out), "--no-progress"])
+    # a 2-step model's DEQ converges nowhere: flagged, exit 1, the report written anyway
+    assert result.exit_code == 1 and "2 of 2 molecule(s) did not converge" in result.output
+    assert "overridden: xc=hf" in result.output
+    result = CliRunner().invoke(app, [*args, "--out", str(out), "--no-progress", "--keep-going"])
     assert result.exit_code == 0, result.output
     lines = (out / "scf.csv").read_text().splitlines()
     assert len(lines) == 3 and "minao_achieved_ratio" in lines[0]
@@ -175,7 +179,8 @@ def test_scf_command_on_xyz_molecules(run_dir, tmp_path):
     )
     xyz.write_text(f"3\nwater\n{atoms}\n")
     out = tmp_path / "xyz"
-    args = ["scf", str(run_dir / "last.pt"), str(xyz), "--xc", "hf", "--guess", "minao"]
+    args = ["scf", str(run_dir / "last.pt"), str(xyz), "--recipe", "xc=hf", "--guess", "minao"]
+    args.append("--keep-going")
     result = CliRunner().invoke(app, [*args, "--out", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "scf_summary.json").read_text())["summary"]
