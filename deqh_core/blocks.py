@@ -113,10 +113,22 @@ def _molecule_of_atom(data) -> torch.Tensor:
 
 def block_gather(data) -> BlockGather:
     """Gather indices for a molecule's or a batch's ``Data`` with ``slot_ao``, ``slot_sign``,
-    ``n_ao`` and ``pair_index``; computed once and cached on the object."""
+    ``n_ao`` and ``pair_index``; computed once and cached on the object.
+
+    The cache is keyed by the very tensors it was built from: moving the object (``.to(cuda)``
+    replaces its tensors) or replacing a table rebuilds it on the tables' device, so a cached
+    item never hands out indices on another device.
+    """
+    sources = (
+        data.slot_ao,
+        data.slot_sign,
+        data.n_ao,
+        data.pair_index,
+        getattr(data, "batch", None),
+    )
     cached = data.__dict__.get("_block_gather")
-    if cached is not None:
-        return cached
+    if cached is not None and all(a is b for a, b in zip(cached[0], sources)):
+        return cached[1]
     slot_ao, sign = data.slot_ao, data.slot_sign
     n_ao = data.n_ao.reshape(-1).long()
     area = n_ao * n_ao
@@ -148,7 +160,7 @@ def block_gather(data) -> BlockGather:
         size,
         reverse_pairs(data.pair_index, len(mol)),
     )
-    data.__dict__["_block_gather"] = gather
+    data.__dict__["_block_gather"] = (sources, gather)
     return gather
 
 

@@ -137,6 +137,19 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
+def agree(flags: list[bool], device: torch.device) -> list[bool]:
+    """Each flag true on any rank (one ``all_reduce`` of them all); the flags themselves when
+    not distributed. Every decision that ends the loop (deadline, non-finite loss) goes
+    through it, so all ranks leave the loop at the same step."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [bool(f) for f in flags]
+    mine = torch.tensor([float(bool(f)) for f in flags], device=device)
+    dist.all_reduce(mine, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in mine.tolist()]
+
+
 class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
@@ -336,13 +349,23 @@ class Trainer:
             status_text="",
         ) as advance:
             for batch in self._train_batches():
-                if self.step >= end or (deadline and time.time() > deadline):
+                if self.step >= end:
                     break
                 batch = to_device(batch, self.device, self.dtype)
                 pred, diagnostics = self.net(batch)
                 loss = training_loss(pred, diagnostics, batch, cfg.deq.residual_weight)
-                if not torch.isfinite(loss):
-                    raise DeqhError(f"loss is {loss.item()} at step {self.step}; stopping")
+                # decided together: one rank stopping alone would leave the others waiting
+                nonfinite, late = agree(
+                    [not bool(torch.isfinite(loss)), bool(deadline and time.time() > deadline)],
+                    self.device,
+                )
+                if nonfinite:
+                    raise DeqhError(
+                        f"loss is {loss.item()} at step {self.step}"
+                        f"{'' if self.world == 1 else ' on at least one rank'}; stopping"
+                    )
+                if late:
+                    break
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.optim.clip_grad_norm:

@@ -7,11 +7,13 @@ from deqh_core.basis import AOLayout, mole
 from deqh_core.blocks import (
     assemble,
     block_data,
+    block_gather,
     flatten,
     split,
     unflatten,
 )
 from deqh_core.convention import convert
+from deqh_core.data.dataset import HamiltonianDataset
 from tests.molecules import AMMONIA, CH3SCL, METHANOL, WATER
 
 
@@ -97,3 +99,20 @@ def test_orca_tables_read_an_orca_matrix_into_the_same_blocks():
     (diag, off), data = blocks(orca, "orca")
     assert torch.equal(diag, ref_diag) and torch.equal(off, ref_off)
     assert torch.equal(assemble(diag, off, data), orca.reshape(-1))
+
+
+def test_cached_gather_follows_the_tables_device(device):
+    """A cached item moved to another device (``.to`` replaces its tensors) must not keep the
+    gather indices of the old device; an unmoved item reuses its cache."""
+    item = HamiltonianDataset(ids=[0])[0]
+    before = block_gather(item)
+    assert block_gather(item) is before  # cached
+    item.to(device)
+    after = block_gather(item)
+    assert after.diag.device.type == device.type and after.reverse.device.type == device.type
+    # on any device: replacing the tables (as a move to another device does) rebuilds the cache
+    item.apply(lambda t: t.clone())
+    rebuilt = block_gather(item)
+    assert rebuilt is not after and torch.equal(rebuilt.diag.cpu(), before.diag)
+    diag, off = split(assemble(item.h_diag, item.h_off, item), item)
+    assert torch.equal(diag, item.h_diag) and torch.equal(off, item.h_off)

@@ -47,3 +47,29 @@ def test_two_process_gloo_training(example_plugin, tmp_path):
     assert state["step"] == 3
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert "\n3,val," in (out / "metrics.csv").read_text()  # rank 0 alone logged
+
+
+def _agree_worker(rank: int, world: int, init: str, results) -> None:
+    import torch.distributed as dist
+
+    from deqh_core.train import agree
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        # rank 1 alone sees a non-finite loss, rank 0 alone is past the deadline
+        results[rank] = agree([rank == 1, rank == 0, False], torch.device("cpu"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_stop_decisions_are_agreed_across_ranks(tmp_path):
+    import torch.multiprocessing as mp
+
+    from deqh_core.train import agree
+
+    assert agree([True, False], torch.device("cpu")) == [True, False]  # not distributed
+    with mp.Manager() as manager:
+        results = manager.dict()
+        init = (tmp_path / "rendezvous").as_uri()
+        mp.spawn(_agree_worker, args=(2, init, results), nprocs=2, join=True)
+        assert dict(results) == {0: [True, True, False], 1: [True, True, False]}
