@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Install deqh as users do, not in editable mode: a built wheel and `pip install .`, each into a
+# throwaway folder, then run deqh from outside the checkout and check that what runs is the
+# installed copy and that it carries the bundled data. The build must print no warnings.
+# Dependencies come from .venv (--no-deps, and the folder goes first on PYTHONPATH), so nothing
+# is downloaded; run scripts/setup.sh first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="$PWD/.venv/bin/python"
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+
+# build from a clean copy of the tree (files git does not ignore): no stale build/ folder or
+# egg-info of the checkout can leak into the wheel
+mkdir "$TMP/src"
+git ls-files -z --cached --others --exclude-standard |
+    tar --null -T - --ignore-failed-read -cf - 2>/dev/null | tar -xf - -C "$TMP/src"
+cd "$TMP/src"
+"$PY" -m pip wheel --no-deps --no-build-isolation -w "$TMP/dist" . >"$TMP/build.log" 2>&1 || {
+    cat "$TMP/build.log"; exit 1; }
+if grep -i "warning" "$TMP/build.log"; then
+    echo "smoke_install: building the wheel printed warnings (above)" >&2
+    exit 1
+fi
+"$PY" -m pip install -q --no-deps --no-build-isolation --target "$TMP/wheel" "$TMP"/dist/deqh-*.whl
+"$PY" -m pip install -q --no-deps --no-build-isolation --target "$TMP/source" .
+cd "$TMP"
+
+for site in wheel source; do
+    echo "smoke_install: $site install"
+    PYTHONPATH="$TMP/$site" "$PY" - "$TMP/$site" <<'PYTHON'
+import sys
+from pathlib import Path
+
+import deqh_backbones
+import deqh_core
+import deqh_plugins
+from deqh_core.data.dataset import BUNDLED
+
+site = Path(sys.argv[1]).resolve()
+for module in (deqh_core, deqh_backbones, deqh_plugins):
+    assert site in Path(module.__file__).resolve().parents, (module.__file__, site)
+assert BUNDLED.is_file() and site in BUNDLED.resolve().parents, BUNDLED
+PYTHON
+    PYTHONPATH="$TMP/$site" "$TMP/$site/bin/deqh" backbones | grep -q qhnet
+    PYTHONPATH="$TMP/$site" "$TMP/$site/bin/deqh" data check --scf-sample 0 | grep -q "exact"
+done
+echo "smoke_install: wheel and pip install . both run from outside the checkout"
