@@ -33,17 +33,13 @@ give it extra time.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-import typer
-
-from deqh_core.cli_options import DeviceOption
+from deqh_core.atomic import atomic_open, atomic_write
 from deqh_core.errors import DeqhError
-from deqh_core.evaluate import SplitName
 
 if TYPE_CHECKING:
     from deqh_core.config import TrainConfig
@@ -373,8 +369,7 @@ def write_markdown(results: dict[str, EvaluationResult], base: TrainConfig, path
         "|" + "|".join("---" if i < 4 else "---:" for i in range(len(HEADER))) + "|",
     ]
     lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return atomic_write(path, "\n".join(lines) + "\n")
 
 
 def _label(name: str) -> str:
@@ -412,76 +407,6 @@ def write_chart(results: dict[str, EvaluationResult], base: TrainConfig, path: P
             ax.set_ylim(0, high * 1.15 if high > 0 else 1)
     fig.suptitle(f"Ablation ({base.model.backbone})")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
-
-
-def ablate_command(
-    preset: Annotated[
-        str | None, typer.Option(help="Config preset shared by the variants (see deqh train).")
-    ] = None,
-    config: Annotated[
-        Path | None, typer.Option("--config", help="YAML/TOML config file.", dir_okay=False)
-    ] = None,
-    backbone: Annotated[str, typer.Option(help="Registered backbone (deqh backbones).")] = "qhnet",
-    steps: Annotated[int | None, typer.Option(min=1, help="Optimiser steps per variant.")] = None,
-    minutes: Annotated[
-        float | None, typer.Option(min=0.0, help="Wall-time budget per variant, minutes.")
-    ] = None,
-    data: Annotated[Path | None, typer.Option(help="Dataset file (default: bundled).")] = None,
-    out: Annotated[Path, typer.Option(help="Ablation directory.")] = Path("runs/ablation"),
-    variant: Annotated[
-        list[str] | None,
-        typer.Option(help="Only these variants (repeatable): " + ", ".join(VARIANTS) + "."),
-    ] = None,
-    prior: Annotated[
-        list[str] | None,
-        typer.Option(
-            help="Also train every variant on this prior H0 (repeatable): none, 1e, minao."
-        ),
-    ] = None,
-    split: Annotated[
-        SplitName, typer.Option(help="Split the variants are evaluated on.")
-    ] = SplitName.test,
-    device: DeviceOption = "auto",
-    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", metavar="KEY=VALUE", help="Any config field, e.g. optim.lr=1e-3."),
-    ] = None,
-) -> None:
-    """Train and evaluate DEQHNet, DEQHNet w/o S, QHNet and QHNet w/ S (paper Fig. 5)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from deqh_core.config import parse_override
-
-    if minutes is not None and minutes <= 0:
-        raise typer.BadParameter("--minutes must be positive")
-    overrides = [parse_override(text) for text in set_ or []]
-    run = {"device": device, "progress": progress}
-    extra: dict = {"run": run}
-    if data is not None:
-        extra["data"] = {"path": str(data)}
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
-    result = run_ablation(
-        preset,
-        config,
-        [*overrides, extra],
-        backbone,
-        steps,
-        minutes,
-        out,
-        variant,
-        split.value,
-        log=lambda text: console.print(text, markup=False),
-        priors=prior,
-    )
-    table = Table(title=f"deqh ablate: {backbone}")
-    for column in HEADER:
-        left = column in ("variant", "DEQ", "S", "prior")
-        table.add_column(column, justify="left" if left else "right")
-    for row in table_rows(result.results):
-        table.add_row(*row)
-    console.print(table)
-    console.print(f"table: {result.markdown}\nchart: {result.chart}", markup=False)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+    return Path(path)

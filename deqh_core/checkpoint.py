@@ -31,7 +31,6 @@ need unpickling; ``deqh checkpoint upgrade OLD NEW`` converts one you trust.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import random
 import re
@@ -41,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from deqh_core.atomic import atomic_open
 from deqh_core.errors import CheckpointError
 
 __all__ = [
@@ -59,11 +59,9 @@ FORMAT = 2
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:
     """Write ``state`` atomically: a kill during the write leaves the previous file intact."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    with atomic_open(path, "wb") as handle:
+        torch.save(state, handle)
+    return Path(path)
 
 
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from deqh_core.deq import DEQConfig
-from deqh_core.errors import DeqhError
+from deqh_core.errors import DeqhError, validation_message
 
 
 class ConfigError(DeqhError, ValueError):
@@ -293,8 +293,7 @@ def load_config(
         return TrainConfig.model_validate(values)
     except ValidationError as err:
         where = f" in {file}" if file else ""
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise ConfigError(f"invalid configuration{where}: {problems}") from None
+        raise ConfigError(f"invalid configuration{where}: {validation_message(err)}") from None
 
 
 def resolved(config: TrainConfig) -> dict:
@@ -306,9 +305,7 @@ def resolved(config: TrainConfig) -> dict:
     try:
         params = spec.config(**config.model.params).model_dump(mode="json")
     except ValidationError as err:
-        problems = "; ".join(
-            f"model.params.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()
-        )
+        problems = validation_message(err, "model.params.")
         raise ConfigError(f"backbone {spec.name!r}: {problems}") from None
     out = config.model_dump(mode="json")
     out["model"]["params"] = params
@@ -390,10 +387,6 @@ def resume_config(saved: dict, requested: list[dict], out: str | Path) -> tuple[
 
 def save_config(config: TrainConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    import os
+    from deqh_core.atomic import atomic_write
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    os.replace(tmp, path)
+    atomic_write(path, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

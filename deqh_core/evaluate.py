@@ -22,15 +22,11 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sys
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-import typer
-
-from deqh_core.cli_options import DeviceOption, EmaOption, ProgressOption
+from deqh_core.atomic import atomic_write
 from deqh_core.errors import CheckpointError, DataError, DeqhError
 
 if TYPE_CHECKING:
@@ -42,13 +38,6 @@ if TYPE_CHECKING:
     from deqh_core.metrics import MoleculeMetrics
     from deqh_core.model import HamiltonianModel
     from deqh_core.recipe import Recipe
-
-
-class SplitName(StrEnum):
-    train = "train"
-    val = "val"
-    test = "test"
-    all = "all"
 
 
 @dataclass
@@ -309,7 +298,6 @@ def initial_guess_transform(
     started from a PySCF guess (built with ``recipe``, the labels' recipe of the model), else
     ``None``. With a ``dataset`` from a file, ``H0`` of its molecules is first computed into
     (or found in) the file's prior cache."""
-    import os
 
     from deqh_core.prior import InitialGuess, PriorCache
 
@@ -369,7 +357,7 @@ class EvaluationResult:
 
     def write_json(self, path: str | Path) -> Path:
         """The summary and provenance as JSON (atomically)."""
-        return _atomic_write(Path(path), json.dumps(_finite(self.as_dict()), indent=2) + "\n")
+        return atomic_write(Path(path), json.dumps(_finite(self.as_dict()), indent=2) + "\n")
 
     def write_csv(self, path: str | Path) -> Path:
         """One row per molecule (Hartree; ``psi_cos`` a fraction), atomically."""
@@ -380,7 +368,7 @@ class EvaluationResult:
         writer = csv.DictWriter(buffer, list(rows[0]) if rows else ["mol_id"])
         writer.writeheader()
         writer.writerows(rows)
-        return _atomic_write(Path(path), buffer.getvalue())
+        return atomic_write(Path(path), buffer.getvalue())
 
 
 def _finite(value):
@@ -392,14 +380,6 @@ def _finite(value):
     if isinstance(value, list):
         return [_finite(v) for v in value]
     return value
-
-
-def _atomic_write(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
 
 
 def evaluate_model(
@@ -466,100 +446,3 @@ def evaluate_checkpoint(
         step=loaded.step,
         model=loaded.describe,
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# presentation and the command
-
-
-def metrics_table(summary: dict[str, float], title: str):
-    """A rich table of a summary in the paper's units (1e-6 Hartree, percent)."""
-    from rich.table import Table
-
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    table.add_column("unit")
-
-    def micro(key: str) -> str:
-        value = summary.get(key, float("nan"))
-        return "-" if value != value else f"{value * 1e6:.2f}"
-
-    table.add_row("molecules", str(summary["n_molecules"]), "")
-    table.add_row("H MAE, all entries", micro("h_mae_all"), "1e-6 Ha")
-    table.add_row("H MAE, diagonal blocks", micro("h_mae_diag"), "1e-6 Ha")
-    table.add_row("H MAE, off-diagonal blocks", micro("h_mae_off"), "1e-6 Ha")
-    table.add_row("H MAE, all (entry-weighted)", micro("h_mae_all_entries"), "1e-6 Ha")
-    table.add_row("ε MAE, occupied orbitals", micro("eps_occ_mae"), "1e-6 Ha")
-    table.add_row("HOMO MAE", micro("homo_mae"), "1e-6 Ha")
-    table.add_row("LUMO MAE", micro("lumo_mae"), "1e-6 Ha")
-    table.add_row("gap MAE", micro("gap_mae"), "1e-6 Ha")
-    table.add_row("ψ cosine similarity, occupied", f"{summary['psi_cos'] * 100:.2f}", "%")
-    if "deq_nfe" in summary:
-        table.add_row("DEQ evaluations per batch", f"{summary['deq_nfe']:.1f}", "")
-        table.add_row("DEQ nstep (mean)", f"{summary['deq_nstep']:.1f}", "")
-        table.add_row("DEQ final residual (mean)", f"{summary['deq_residual_mean']:.2e}", "Ha")
-        table.add_row("DEQ final residual (max)", f"{summary['deq_residual_max']:.2e}", "Ha")
-        table.add_row("DEQ converged", f"{summary['deq_converged'] * 100:.0f}", "%")
-    return table
-
-
-def default_json_path(checkpoint: Path, data: Path | None, split: str | None) -> Path:
-    tag = split or ("all" if data else "test")
-    if data is not None:
-        tag = f"{Path(data).stem}-{tag}"
-    return checkpoint.parent / f"eval-{checkpoint.stem}-{tag}.json"
-
-
-def evaluate_command(
-    checkpoint: Annotated[
-        Path, typer.Argument(help="Checkpoint of deqh train (best.pt or last.pt).", dir_okay=False)
-    ],
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            help="Evaluate on this dataset file instead (all molecules, or --split's ids).",
-            dir_okay=False,
-        ),
-    ] = None,
-    split: Annotated[
-        SplitName | None,
-        typer.Option(help="Split recorded in the checkpoint (default: test; all with --data)."),
-    ] = None,
-    json_out: Annotated[
-        Path | None,
-        typer.Option(
-            "--json",
-            help="Summary JSON (default: eval-<checkpoint>-<split>.json next to the checkpoint).",
-            dir_okay=False,
-        ),
-    ] = None,
-    csv_out: Annotated[
-        Path | None,
-        typer.Option("--csv", help="Also write per-molecule metrics here.", dir_okay=False),
-    ] = None,
-    device: DeviceOption = "auto",
-    batch_size: Annotated[
-        int | None, typer.Option(min=1, help="Molecules per batch (default: the run's).")
-    ] = None,
-    ema: EmaOption = None,
-    progress: ProgressOption = True,
-) -> None:
-    """Evaluate a checkpoint: H MAE, orbital energies, HOMO/LUMO/gap, orbital similarity."""
-    from rich.console import Console
-
-    split_name = split.value if split is not None else None
-    result = evaluate_checkpoint(
-        checkpoint, data, split_name, device, batch_size, ema=ema, progress=progress
-    )
-    json_path = json_out or default_json_path(checkpoint, data, split_name)
-    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
-    title = f"deqh evaluate: {result.model['backbone']}{' --deq' if result.model['deq'] else ''}"
-    title += f"{' +S' if result.model['overlap'] else ''} (step {result.step}, {result.weights})"
-    console.print(metrics_table(result.summary, title))
-    console.print(f"data: {result.data}", markup=False)
-    result.write_json(json_path)
-    console.print(f"summary written to {json_path}", markup=False)
-    if csv_out is not None:
-        result.write_csv(csv_out)
-        console.print(f"per-molecule metrics written to {csv_out}", markup=False)

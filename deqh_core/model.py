@@ -9,6 +9,7 @@ from deqh_core.backbone import BackboneError, ReducedSolver
 from deqh_core.basis import AOLayout
 from deqh_core.config import ModelConfig
 from deqh_core.deq import DEQConfig, DEQDiagnostics, DEQHamiltonianSolver
+from deqh_core.errors import validation_message
 from deqh_core.plugins import get_backbone
 from deqh_core.prior import PriorResidual
 from deqh_core.solver import Blocks
@@ -27,9 +28,7 @@ class HamiltonianModel(torch.nn.Module):
         try:
             params = spec.config(**config.params)
         except ValidationError as err:
-            problems = "; ".join(
-                f"model.params.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()
-            )
+            problems = validation_message(err, "model.params.")
             raise BackboneError(f"backbone {spec.name!r}: {problems}") from None
         self.spec, self.params, self.config, self.layout = spec, params, config, layout
         solver = ReducedSolver(spec, params, layout, reads_h=config.deq, reads_s=config.reads_s)

@@ -116,6 +116,19 @@ def solve(hamiltonian: np.ndarray, overlap: np.ndarray) -> tuple[np.ndarray, np.
         ) from None
 
 
+def orbital_energies(hamiltonian: np.ndarray, overlap: np.ndarray) -> np.ndarray:
+    """The eigenvalues of ``H C = S C eps`` only, ascending (Hartree); see :func:`solve`."""
+    h = np.asarray(hamiltonian, dtype=np.float64)
+    if not np.isfinite(h).all():
+        raise DataError("the Hamiltonian contains NaN or inf")
+    try:
+        return scipy.linalg.eigh((h + h.T) / 2, overlap, eigvals_only=True)
+    except (np.linalg.LinAlgError, ValueError) as err:
+        raise SingularOverlapError(
+            f"cannot solve H C = S C eps: the overlap matrix is not positive definite ({err})"
+        ) from None
+
+
 def density(hamiltonian: np.ndarray, overlap: np.ndarray, n_electrons: int) -> np.ndarray:
     """Closed-shell aufbau density ``D = 2 C_occ C_occᵀ`` (``[n_ao, n_ao]``) of ``H``'s
     orbitals (:func:`solve`); ``n_electrons`` even."""

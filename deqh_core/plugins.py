@@ -2,7 +2,8 @@
 
 Plugins are found through the entry-point group ``deqh``; deqh's own backbones are registered
 through that same group by this distribution (``deqh_plugins``), exactly as a third-party package
-would. A plugin implements :func:`deqh_core.hookspecs.deqh_backbones`.
+would. A plugin implements :func:`deqh_core.hookspecs.deqh_backbones` and may add commands with
+:func:`deqh_core.hookspecs.deqh_register_commands` (collected by :mod:`deqh_core.cli`).
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ def plugin_manager() -> pluggy.PluginManager:
     return _pm
 
 
+def is_loaded() -> bool:
+    """Whether the plugins have been loaded in this process."""
+    return _pm is not None
+
+
 def reload_plugins() -> pluggy.PluginManager:
     """Forget loaded plugins and discover the entry points again (e.g. after an install)."""
     global _pm
@@ -68,6 +74,12 @@ def reload_plugins() -> pluggy.PluginManager:
     _packages.clear()
     importlib.invalidate_caches()
     return plugin_manager()
+
+
+def package_of(plugin_name: str) -> str:
+    """``"name version"`` of the distribution that provides a plugin."""
+    plugin_manager()
+    return _packages.get(plugin_name, "(registered at runtime)")
 
 
 def register(plugin: object, name: str | None = None) -> None:

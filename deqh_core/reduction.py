@@ -17,9 +17,7 @@ once with PySCF's three-centre one-electron overlap (``int3c1e``) and caches it 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 import warnings
 from functools import cache
 from pathlib import Path
@@ -29,6 +27,7 @@ import torch
 from e3nn import o3
 from pyscf import gto
 
+from deqh_core.atomic import atomic_open
 from deqh_core.basis import AOLayout, atomic_number, element_shells, mole, symbol
 from deqh_core.cache import cache_dir
 from deqh_core.convention import get_convention
@@ -129,15 +128,8 @@ def _read(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
 
 def _write(path: Path, table: np.ndarray) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, table=table, sha256=np.array(_checksum(table)))
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        with atomic_open(path, "wb") as f:
+            np.savez(f, table=table, sha256=np.array(_checksum(table)))
     except OSError as err:  # a read-only home must not stop training: warn and go on
         warnings.warn(f"could not cache the on-site overlap table at {path}: {err}", stacklevel=3)
 

@@ -20,9 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import importlib.util
-import os
 import re
-import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deqh_core.atomic import atomic_open
 from deqh_core.cache import cache_dir
 from deqh_core.data.generate import Task
 from deqh_core.data.splits import QH9_STABLE_SIZE, qh9_stable_id_split, qh9_stable_ood_split
@@ -231,15 +230,8 @@ def _read_cache(path: Path) -> QM9Table | None:
 
 def _write_cache(path: Path, table: QM9Table) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **vars(table))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(path, "wb") as fh:
+            np.savez(fh, **vars(table))
     except OSError as err:  # an unwritable cache only costs the parse next time
         warnings.warn(f"could not cache the parsed QM9 table at {path}: {err}", stacklevel=3)
 

@@ -28,9 +28,7 @@ NeurIPS 2023 D&B; definitions as implemented in ``divelab/AIRS``, file
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -72,22 +70,13 @@ class Split:
             )
 
     def to_json(self, path: str | Path) -> None:
-        """Write atomically: a temporary file in the same folder, then ``os.replace``."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write as JSON, atomically (:func:`deqh_core.atomic.atomic_write`)."""
+        from deqh_core.atomic import atomic_write
+
         text = json.dumps(
             {"train": self.train, "val": self.val, "test": self.test, "info": self.info}
         )
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, text)
 
     @classmethod
     def from_json(cls, path: str | Path) -> Split:

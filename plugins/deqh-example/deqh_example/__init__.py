@@ -17,3 +17,15 @@ def deqh_backbones() -> list[BackboneSpec]:
             capabilities=Capabilities(reads_h=True, reads_s=True),
         )
     ]
+
+
+@hookimpl
+def deqh_register_commands(app) -> None:
+    """``deqh tfn-mini-irreps``: a plugin can add commands to the deqh command line too."""
+
+    @app.command("tfn-mini-irreps")
+    def irreps(channels: int = 16) -> None:
+        """Print the hidden irreps of a tfn-mini backbone with CHANNELS scalar channels."""
+        import typer
+
+        typer.echo(TFNMini.hidden_irreps(TFNMiniConfig(channels=channels)))

@@ -34,7 +34,7 @@ class TFNMini(torch.nn.Module):
         super().__init__()
         c = config.channels
         self.config = config
-        self.hidden = o3.Irreps(f"{c}x0e+{max(c // 2, 1)}x1o+{max(c // 4, 1)}x2e")
+        self.hidden = self.hidden_irreps(config)
         self.sh = o3.Irreps.spherical_harmonics(2)
         self.embed = torch.nn.Embedding(119, c)
         self.node_in = o3.Linear(node_irreps, self.hidden) if node_irreps else None
@@ -53,6 +53,12 @@ class TFNMini(torch.nn.Module):
         self.off_head = o3.FullyConnectedTensorProduct(
             self.hidden, self.hidden, self.expansion.irreps
         )
+
+    @staticmethod
+    def hidden_irreps(config: TFNMiniConfig) -> o3.Irreps:
+        """``c x 0e + c/2 x 1o + c/4 x 2e`` for ``c = config.channels``."""
+        c = config.channels
+        return o3.Irreps(f"{c}x0e+{max(c // 2, 1)}x1o+{max(c // 4, 1)}x2e")
 
     def inject(self, batch) -> dict:
         """The graph and its radial/angular features: independent of H."""

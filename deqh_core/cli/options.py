@@ -1,10 +1,23 @@
-"""Typer options shared by the commands that load a checkpoint (evaluate, predict, scf, ...)."""
+"""Options, choices and consoles shared by the ``deqh`` commands."""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 import typer
+from rich.console import Console
+
+stderr = Console(stderr=True, soft_wrap=True, highlight=False)
+"""Errors, warnings and notes: stderr, one line each (never wrapped), no markup guessing."""
+
+
+class SplitName(StrEnum):
+    train = "train"
+    val = "val"
+    test = "test"
+    all = "all"
+
 
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")]
 EmaOption = Annotated[

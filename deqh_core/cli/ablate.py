@@ -1,0 +1,89 @@
+"""``deqh ablate``: the paper's four variants trained and evaluated (Fig. 5; logic:
+:mod:`deqh_core.ablate`)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from deqh_core.ablate import VARIANTS
+from deqh_core.cli.options import DeviceOption, SplitName
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ablate")(ablate_command)
+
+
+def ablate_command(
+    preset: Annotated[
+        str | None, typer.Option(help="Config preset shared by the variants (see deqh train).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="YAML/TOML config file.", dir_okay=False)
+    ] = None,
+    backbone: Annotated[str, typer.Option(help="Registered backbone (deqh backbones).")] = "qhnet",
+    steps: Annotated[int | None, typer.Option(min=1, help="Optimiser steps per variant.")] = None,
+    minutes: Annotated[
+        float | None, typer.Option(min=0.0, help="Wall-time budget per variant, minutes.")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="Dataset file (default: bundled).")] = None,
+    out: Annotated[Path, typer.Option(help="Ablation directory.")] = Path("runs/ablation"),
+    variant: Annotated[
+        list[str] | None,
+        typer.Option(help="Only these variants (repeatable): " + ", ".join(VARIANTS) + "."),
+    ] = None,
+    prior: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also train every variant on this prior H0 (repeatable): none, 1e, minao."
+        ),
+    ] = None,
+    split: Annotated[
+        SplitName, typer.Option(help="Split the variants are evaluated on.")
+    ] = SplitName.test,
+    device: DeviceOption = "auto",
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="KEY=VALUE", help="Any config field, e.g. optim.lr=1e-3."),
+    ] = None,
+) -> None:
+    """Train and evaluate DEQHNet, DEQHNet w/o S, QHNet and QHNet w/ S (paper Fig. 5)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from deqh_core.ablate import HEADER, run_ablation, table_rows
+    from deqh_core.config import parse_override
+
+    if minutes is not None and minutes <= 0:
+        raise typer.BadParameter("--minutes must be positive")
+    overrides = [parse_override(text) for text in set_ or []]
+    run = {"device": device, "progress": progress}
+    extra: dict = {"run": run}
+    if data is not None:
+        extra["data"] = {"path": str(data)}
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 140)
+    result = run_ablation(
+        preset,
+        config,
+        [*overrides, extra],
+        backbone,
+        steps,
+        minutes,
+        out,
+        variant,
+        split.value,
+        log=lambda text: console.print(text, markup=False),
+        priors=prior,
+    )
+    table = Table(title=f"deqh ablate: {backbone}")
+    for column in HEADER:
+        left = column in ("variant", "DEQ", "S", "prior")
+        table.add_column(column, justify="left" if left else "right")
+    for row in table_rows(result.results):
+        table.add_row(*row)
+    console.print(table)
+    console.print(f"table: {result.markdown}\nchart: {result.chart}", markup=False)

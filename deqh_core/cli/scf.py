@@ -1,0 +1,167 @@
+"""``deqh scf``: SCF warm starts from predictions and the cycles saved (logic:
+:mod:`deqh_core.scf`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+
+from deqh_core.cli.options import KeepGoingOption, ProgressOption, RecipeOption
+from deqh_core.errors import DataError, DeqhError
+from deqh_core.scf import GUESSES
+
+
+def register(app: typer.Typer) -> None:
+    app.command("scf")(scf_command)
+
+
+def scf_command(
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(
+            metavar="CHECKPOINT", help="Checkpoint of a run (best.pt / last.pt).", dir_okay=False
+        ),
+    ],
+    xyz: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            metavar="[MOLECULE.xyz]...",
+            help="Molecules without labels (every frame of each file); default: a dataset.",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Dataset file (default: the run's own).", exists=True, dir_okay=False),
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="train, val, test or all (default: test; all for another --data)."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Use the first N molecules.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Processes, one molecule each.")] = 1,
+    out: Annotated[
+        Path | None, typer.Option(help="Output directory (default: <run>/scf).", file_okay=False)
+    ] = None,
+    guess: Annotated[
+        list[str] | None,
+        typer.Option(help="PySCF guess to compare with (repeatable; default minao and 1e)."),
+    ] = None,
+    recipe_items: RecipeOption = None,
+    xc: Annotated[str | None, typer.Option(help="Override the recipe's functional.")] = None,
+    basis: Annotated[
+        str | None, typer.Option(help="Basis of the recipe (must be the model's).")
+    ] = None,
+    grid_level: Annotated[
+        int | None, typer.Option(help="Override the recipe's DFT grid level.")
+    ] = None,
+    max_cycle: Annotated[
+        int | None, typer.Option(min=1, help="Override the recipe's SCF cycle limit.")
+    ] = None,
+    keep_going: KeepGoingOption = False,
+    device: Annotated[str, typer.Option(help="Device of the model.")] = "cpu",
+    progress: ProgressOption = True,
+) -> None:
+    """Start PySCF's SCF from predicted Hamiltonians and report the cycles saved (Table 3).
+
+    For each molecule: SCF from the prediction's density, from PySCF's minao and 1e guesses;
+    optimal / achieved / error-level ratios, wall time saved, energy agreement and the
+    prediction's commutator error. Writes scf.csv, scf_summary.json and scf_table.md.
+    The recipe is the labels' recipe recorded in the checkpoint (printed; --recipe, --xc, ...
+    override it). A DEQ model's unconverged molecules make the command exit 1 after writing
+    everything, unless --keep-going.
+    """
+    from rich.console import Console
+
+    from deqh_core.predict import read_inputs
+    from deqh_core.recipe import describe_recipe, labels_recipe
+    from deqh_core.scf import Predictor, SCFTask, run_acceleration, write_report
+
+    guesses = tuple(guess or GUESSES)
+    for g in guesses:
+        if g not in ("minao", "1e", "atom", "huckel", "sap", "vsap"):
+            raise DataError(f"--guess {g!r}: use minao, 1e, atom, huckel, sap or vsap")
+    if split not in (None, "train", "val", "test", "all"):
+        raise DataError(f"--split {split!r}: use train, val, test or all")
+    if xyz and data is not None:
+        raise DataError("give either molecule .xyz files or --data, not both")
+    predictor = Predictor(checkpoint, device=device)
+    if basis is not None and basis.lower() != predictor.layout.basis.lower():
+        raise DataError(f"--basis {basis!r}: the model predicts in {predictor.layout.basis!r}")
+    recipe, source = predictor.labels_recipe(
+        recipe_items or (), xc=xc, grid_level=grid_level, max_cycle=max_cycle
+    )
+    predictor.recipe = recipe
+    console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
+    console.print(f"recipe: {describe_recipe(recipe)} (from {source})")
+    molecules: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]] = []
+    warnings: dict[str, list[str]] = {}
+    if xyz:
+        domain = predictor.domain
+        frames = read_inputs(list(xyz), predictor.layout, domain.elements if domain else None)
+        for path, k, fr in frames[:limit]:
+            name = f"{path.name}#{k}"
+            molecules.append((name, fr.atomic_numbers, fr.positions, None))
+            if domain is not None:
+                warnings[name] = domain.check(fr.atomic_numbers, fr.positions, recipe.charge)
+        console.print(f"{len(molecules)} molecule(s) from xyz; reference: SCF from the prediction")
+    else:
+        from deqh_core.evaluate import evaluation_dataset
+
+        dataset, note = evaluation_dataset(predictor.loaded, data, split)
+        records = list(dataset.records())[:limit]
+        note = f"{note}: {len(records)} molecule(s)"
+        labels = labels_recipe(dataset.recipe, predictor.layout.basis)[0]
+        same = labels == recipe
+        for r in records:
+            label = r.hamiltonian if same else None
+            molecules.append((f"{r.id}:{r.source or ''}", r.atomic_numbers, r.positions, label))
+        console.print(note)
+        if not same:
+            console.print(
+                f"the labels' recipe ({describe_recipe(labels)}) is not the one run: labels do "
+                "not apply; reference: SCF from the prediction"
+            )
+    if molecules:  # a warm-up pass, so that the first molecule's time is not the model's setup
+        predictor.predict(_item(predictor, molecules[0]))
+    tasks, unconverged = [], []
+    for molecule in molecules:
+        name, z, pos, label = molecule
+        h, seconds, diagnostics = predictor.predict(_item(predictor, molecule))
+        if diagnostics is not None and not bool(diagnostics.converged.all()):
+            unconverged.append((name, float(diagnostics.abs_residual.max())))
+        tasks.append(SCFTask(name, z, pos, h, label, seconds))
+    if not tasks:
+        raise DataError("no molecules to run")
+    console.print(f"guesses: {', '.join(guesses)}; {workers} worker(s)")
+    results = run_acceleration(tasks, recipe, guesses, workers=workers, progress=progress)
+    out = out or checkpoint.parent / "scf"
+    paths = write_report(results, out, predictor.name)
+    Console(highlight=False, markup=False).print(paths["md"].read_text())
+    Console(highlight=False, markup=False).print(
+        f"wrote {paths['csv']}, {paths['json']}, {paths['md']}"
+    )
+    for name, found in warnings.items():
+        for warning in found:
+            console.print(f"warning: {name}: {warning}", style="yellow")
+    for name, residual in unconverged:
+        console.print(
+            f"UNCONVERGED: {name}: DEQ residual {residual:.2e} Ha above the tolerance", style="red"
+        )
+    if unconverged and not keep_going:
+        raise DeqhError(
+            f"{len(unconverged)} of {len(tasks)} molecule(s) did not converge (results written); "
+            "pass --keep-going to accept them"
+        )
+
+
+def _item(predictor, molecule: tuple) -> Any:
+    name, z, pos, _ = molecule
+    try:
+        return predictor.item(z, pos)
+    except DeqhError as err:
+        raise type(err)(f"{name}: {err}") from None
