@@ -77,6 +77,7 @@ class LoadedModel:
         unless ``overrides`` are given.
         """
         from deqh_core.domain import recorded_recipe
+        from deqh_core.prior import check_prior_recipe
         from deqh_core.recipe import Recipe, labels_recipe, override_recipe
 
         recorded = recorded_recipe(self.checkpoint.get("data"))
@@ -106,6 +107,7 @@ class LoadedModel:
             raise DataError(
                 f"recipe basis {recipe.basis!r}: the model predicts in {self.layout.basis!r}"
             )
+        check_prior_recipe(self.config.model.prior, base, recipe, "the recipe overrides")
         if recipe != base:
             changed = {k: v for k, v in recipe.model_dump().items() if base.model_dump()[k] != v}
             source += "; overridden: " + ", ".join(f"{k}={v}" for k, v in changed.items())
@@ -431,11 +433,14 @@ def evaluate_checkpoint(
     weights (and ``model``). Raises a ``DeqhError`` subclass with a one-line message on bad
     input.
     """
+    from deqh_core.prior import check_prior_recipe
     from deqh_core.recipe import labels_recipe
 
     loaded = load_model(checkpoint, device, ema, model)
     dataset, label = evaluation_dataset(loaded, data, split)
     recipe = labels_recipe(dataset.recipe, loaded.layout.basis)[0]  # the labels scored against
+    if loaded.config.model.prior != "none":
+        check_prior_recipe(loaded.config.model.prior, loaded.recipe()[0], recipe, str(dataset.path))
     acc = evaluate_model(loaded, dataset, batch_size, recipe, progress)
     return EvaluationResult(
         summary=acc.summary(),

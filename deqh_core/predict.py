@@ -28,6 +28,7 @@ plus ``summary.csv`` (one row per molecule) in the output directory. Python API:
 from __future__ import annotations
 
 import csv
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,7 @@ class Prediction:
     deq_converged: bool | None = None  # DEQ models: the residual reached the tolerance
     warnings: list[str] = field(default_factory=list)  # how it lies outside the training domain
     commutator: CommutatorError | None = None  # --check: the label-free error of H
+    prior_seconds: float | None = None  # models with a prior: PySCF's time to build H0, s
     npz: Path | None = None  # where it was saved
 
     @property
@@ -277,13 +279,17 @@ def predict_frames(
     with torch.no_grad(), tracked("predict", len(starts), progress) as advance:
         for start in starts:
             chunk = frames[start : start + batch_size]
-            items = []
+            items, prior_seconds = [], []
             for path, i, frame in chunk:
                 try:
                     item = structure_item(frame.atomic_numbers, frame.positions, loaded.layout)
                 except DeqhError as err:
                     raise type(err)(f"{path}: frame {i}: {err}") from None
-                items.append(transform(item) if transform is not None else item)
+                if transform is not None:  # the prior H0 (PySCF): its cost is reported
+                    t0 = time.perf_counter()
+                    item = transform(item)
+                    prior_seconds.append(time.perf_counter() - t0)
+                items.append(item)
             batch = next(iter(DataLoader(items, batch_size=len(items))))
             batch = to_device(batch, loaded.device, loaded.dtype)
             pred, diagnostics = loaded.model(batch)
@@ -312,6 +318,7 @@ def predict_frames(
                     orbital_coefficients=c,
                     n_occ=n_occ[start + b],
                     warnings=warnings[start + b],
+                    prior_seconds=prior_seconds[b] if prior_seconds else None,
                 )
                 if diagnostics is not None:
                     p.deq_nstep = int(diagnostics.nstep[b])
@@ -396,6 +403,7 @@ SUMMARY_FIELDS = (
     "deq_residual",
     "deq_converged",
     "commutator_max",
+    "prior_s",
     "warnings",
     "npz",
 )
@@ -416,6 +424,7 @@ def summary_row(p: Prediction) -> dict:
         "deq_residual": "" if p.deq_residual is None else p.deq_residual,
         "deq_converged": "" if p.deq_converged is None else p.deq_converged,
         "commutator_max": "" if p.commutator is None else p.commutator.max_abs,
+        "prior_s": "" if p.prior_seconds is None else p.prior_seconds,
         "warnings": "; ".join(p.warnings),
         "npz": "" if p.npz is None else p.npz.name,
     }

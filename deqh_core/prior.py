@@ -248,6 +248,24 @@ class InitialGuess:
         return out
 
 
+# what H0 depends on: a model with a prior learned corrections to H0 built with these
+H0_FIELDS = ("xc", "basis", "grid_level")
+
+
+def check_prior_recipe(kind: str, trained: Recipe, given: Recipe, what: str) -> None:
+    """Refuse to build a prior model's ``H0`` with another recipe than the one it was trained
+    on (a ``DataError`` naming ``what`` and the fields that differ); no-op without a prior."""
+    if kind in (None, "none"):
+        return
+    differ = [f for f in H0_FIELDS if getattr(trained, f) != getattr(given, f)]
+    if differ:
+        changes = ", ".join(f"{f} {getattr(trained, f)!r} -> {getattr(given, f)!r}" for f in differ)
+        raise DataError(
+            f"{what}: this model learned the correction to the {kind!r} prior H0 of its labels' "
+            f"recipe, which would change ({changes}); use data labelled with the model's recipe"
+        )
+
+
 def start_kind(model, deq) -> Kind | None:
     """Which ``H0`` a model (``ModelConfig``) with DEQ settings (``DEQConfig``) needs on its
     items: its prior, else its DEQ's PySCF start, else None."""

@@ -208,7 +208,8 @@ class SCFTask:
     """One molecule to test: geometry, predicted ``H`` and (optionally) its label.
 
     ``prediction`` and ``label`` are ``[n_ao, n_ao]`` in PySCF AO order, Hartree;
-    ``predict_seconds`` is the model's inference time for this molecule.
+    ``predict_seconds`` is the model's inference time for this molecule, ``prior_seconds`` the
+    time PySCF took to build the prior ``H0`` the model read (0 without a prior).
     """
 
     name: str
@@ -217,6 +218,7 @@ class SCFTask:
     prediction: np.ndarray
     label: np.ndarray | None = None
     predict_seconds: float = 0.0
+    prior_seconds: float = 0.0
 
 
 @dataclass
@@ -240,6 +242,7 @@ class MoleculeSCF:
     predict_seconds: float
     prediction: SCFRun
     guesses: dict[str, SCFRun]
+    prior_seconds: float = 0.0
 
     def optimal_ratio(self, guess: str) -> float:
         return _ratio(1, self.guesses[guess])
@@ -254,8 +257,8 @@ class MoleculeSCF:
         return math.nan if run.error_cycle is None else _ratio(run.error_cycle, run)
 
     def time_saved(self, guess: str) -> float:
-        """Seconds saved against ``guess``, model inference included."""
-        cost = self.prediction.seconds + self.predict_seconds
+        """Seconds saved against ``guess``, model inference and the prior ``H0`` included."""
+        cost = self.prediction.seconds + self.predict_seconds + self.prior_seconds
         return self.guesses[guess].seconds - cost
 
     def energy_difference(self, guess: str) -> float:
@@ -279,6 +282,7 @@ class MoleculeSCF:
             "commutator_fro": c.frobenius if c else None,
             "commutator_max": c.max_abs if c else None,
             "predict_s": self.predict_seconds,
+            "prior_s": self.prior_seconds,
             "pred_cycles": p.cycles,
             "pred_converged": p.converged,
             "pred_energy": p.energy,
@@ -351,6 +355,7 @@ def accelerate(
         predict_seconds=task.predict_seconds,
         prediction=p_run,
         guesses=runs,
+        prior_seconds=task.prior_seconds,
     )
 
 
@@ -411,6 +416,7 @@ def summarize(results: Sequence[MoleculeSCF]) -> dict[str, Any]:
         "commutator_max": _stats([r.commutator.max_abs for r in results if r.commutator]),
         "commutator_fro": _stats([r.commutator.frobenius for r in results if r.commutator]),
         "predict_s": _stats([r.predict_seconds for r in results]),
+        "prior_s": _stats([r.prior_seconds for r in results]),
         "prediction": {
             "cycles": _stats([r.prediction.cycles for r in results]),
             "converged": sum(r.prediction.converged for r in results),
@@ -470,6 +476,12 @@ def markdown_table(summary: dict[str, Any], model: str = "model") -> str:
     p = summary["prediction"]
     lines += [
         f"| prediction | SCF cycles | {_pm(p['cycles'], 1)} |",
+        f"| | SCF wall time, s | {_pm(p['seconds'], 2)} |",
+        f"| | model inference, s | {_pm(summary['predict_s'], 3)} |",
+    ]
+    if summary["prior_s"]["n"] and summary["prior_s"]["mean"] > 0:
+        lines.append(f"| | prior H0 (PySCF), s | {_pm(summary['prior_s'], 3)} |")
+    lines += [
         f"| | H MAE, 1e-6 Ha | {_scaled(summary['h_mae'], 1e6)} |",
         f"| | commutator max, Ha | {_sci(summary['commutator_max'])} |",
         f"| | max \\|ΔE\\| vs guesses, Ha | {summary['energy_diff_max']:.1e} |",
@@ -561,6 +573,7 @@ class Predictor:
         describe = self.loaded.describe
         self.name = f"{describe['backbone']}{' (DEQ)' if describe['deq'] else ''}"
         self.recipe = recipe
+        self.prior_seconds = 0.0  # what the last item's prior H0 took to build, s
 
     def item(self, atomic_numbers: np.ndarray, positions: np.ndarray, label=None):
         """The PyG item of a molecule (``label`` ``[n_ao, n_ao]`` PySCF order, or None), with
@@ -579,11 +592,15 @@ class Predictor:
         from deqh_core.prior import InitialGuess, start_kind
 
         kind = start_kind(self.config.model, self.config.deq)
+        self.prior_seconds = 0.0
         if kind is None:
             return item
         if self.recipe is None:
             raise DeqhError(f"this model starts from PySCF's {kind!r} H0: set Predictor.recipe")
-        return InitialGuess(self.recipe, kind)(item)
+        start = time.perf_counter()
+        item = InitialGuess(self.recipe, kind)(item)
+        self.prior_seconds = time.perf_counter() - start
+        return item
 
     def batch(self, item):
         from torch_geometric.data import Batch

@@ -189,3 +189,59 @@ def test_cache_never_writes_into_a_read_only_data_folder(tmp_path, monkeypatch):
         assert cache.path.parent == tmp_path / "user" / "priors"
     finally:
         shared.chmod(0o755)
+
+
+def test_a_prior_checkpoint_refuses_data_and_overrides_of_another_recipe(example_plugin, tmp_path):
+    """The model learned corrections to H0 of its labels' recipe: evaluating it on labels of
+    another functional, or predicting with another functional, would change its input."""
+    import csv
+    import shutil
+    import sqlite3
+
+    from typer.testing import CliRunner
+
+    from deqh_core.cli import app
+    from deqh_core.train import Trainer
+
+    config = load_config(
+        None,
+        None,
+        {
+            "model": {
+                "backbone": "tfn-mini",
+                "params": {"channels": 4, "layers": 1},
+                "prior": "1e",
+            },
+            "data": {"batch_size": 4, "sizes": "8/4/4", "prior_workers": 1},
+            "optim": {"max_steps": 1, "warmup_steps": 1},
+            "run": {"out": str(tmp_path / "run"), "progress": False},
+        },
+    )
+    Trainer(config).fit()
+    other = tmp_path / "pbe.db"
+    shutil.copy(BUNDLED, other)
+    with sqlite3.connect(other) as con:
+        (meta,) = con.execute("SELECT value FROM meta WHERE key = 'recipe'").fetchone()
+        con.execute(
+            "UPDATE meta SET value = ? WHERE key = 'recipe'", (meta.replace("b3lyp5", "pbe"),)
+        )
+    runner = CliRunner()
+    checkpoint = str(tmp_path / "run" / "best.pt")
+    result = runner.invoke(app, ["evaluate", checkpoint, "--data", str(other), "--no-progress"])
+    assert result.exit_code == 1 and "'1e' prior" in result.output and "xc" in result.output
+    xyz = tmp_path / "water.xyz"
+    xyz.write_text("3\nwater\nO 0 0 0.117\nH 0 0.757 -0.467\nH 0 -0.757 -0.467\n")
+    result = runner.invoke(app, ["predict", checkpoint, str(xyz), "--recipe", "xc=pbe"])
+    assert result.exit_code == 1 and "'1e' prior" in result.output
+    result = runner.invoke(app, ["evaluate", checkpoint, "--split", "val", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    # the cost of H0 is reported next to the prediction's
+    out = tmp_path / "pred"
+    result = runner.invoke(app, ["predict", checkpoint, str(xyz), "--out", str(out)])
+    assert result.exit_code == 0 and "H0 (1e) built by PySCF" in result.output
+    assert float(next(csv.DictReader((out / "summary.csv").open()))["prior_s"]) > 0
+    result = runner.invoke(
+        app,
+        ["scf", checkpoint, str(xyz), "--guess", "minao", "--out", str(tmp_path / "scf")],
+    )
+    assert result.exit_code == 0 and "prior H0 (PySCF), s" in result.output, result.output

@@ -138,6 +138,16 @@ def predict_command(
     console.print(
         f"{len(predictions)} molecule(s): .npz files and summary.csv in {out}/", markup=False
     )
+    prior = [p.prior_seconds for p in predictions if p.prior_seconds is not None]
+    if prior:
+        from deqh_core.prior import start_kind
+
+        kind = start_kind(loaded.config.model, loaded.config.deq)
+        console.print(
+            f"H0 ({kind}) built by PySCF: {sum(prior):.2f} s in all, {max(prior):.2f} s at most "
+            "per molecule (prior_s in summary.csv)",
+            markup=False,
+        )
     unconverged, outside = report_flags(predictions, err)
     if unconverged and not keep_going:
         raise DeqhError(

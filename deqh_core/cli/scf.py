@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -113,7 +114,7 @@ def scf_command(
         from deqh_core.evaluate import evaluation_dataset
 
         dataset, note = evaluation_dataset(predictor.loaded, data, split)
-        records = list(dataset.records())[:limit]
+        records = list(itertools.islice(dataset.records(), limit))
         note = f"{note}: {len(records)} molecule(s)"
         labels = labels_recipe(dataset.recipe, predictor.layout.basis)[0]
         same = labels == recipe
@@ -131,10 +132,11 @@ def scf_command(
     tasks, unconverged = [], []
     for molecule in molecules:
         name, z, pos, label = molecule
-        h, seconds, diagnostics = predictor.predict(_item(predictor, molecule))
+        item = _item(predictor, molecule)
+        h, seconds, diagnostics = predictor.predict(item)
         if diagnostics is not None and not bool(diagnostics.converged.all()):
             unconverged.append((name, float(diagnostics.abs_residual.max())))
-        tasks.append(SCFTask(name, z, pos, h, label, seconds))
+        tasks.append(SCFTask(name, z, pos, h, label, seconds, predictor.prior_seconds))
     if not tasks:
         raise DataError("no molecules to run")
     console.print(f"guesses: {', '.join(guesses)}; {workers} worker(s)")
