@@ -1,31 +1,33 @@
-"""QHNet / DEQHNet backbone: fused primitives against e3nn, the conformance kit in every mode,
-O(3) parity, reuse of the injection under a DEQ, and short overfits on real water labels."""
+"""QHNet / DEQHNet backbone: the conformance kit in every mode, every ops backend and pre-seam
+checkpoints, O(3) parity, reuse of the injection under a DEQ, and short overfits on real water
+labels."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from e3nn import o3
-from e3nn.nn import Gate
 from torch_geometric.data import Batch
 
 from deqh_backbones.qhnet import QHNet, QHNetConfig
 from deqh_backbones.qhnet.attention import TransBlock
 from deqh_backbones.qhnet.conv import ConvNetLayer
-from deqh_backbones.qhnet.gates import ScalarGate
-from deqh_backbones.qhnet.linear import EquivariantLinear
-from deqh_backbones.qhnet.tensor_products import ChannelTensorProduct, SphericalTensorProduct
 from deqh_core.backbone import BackboneError, ReducedSolver
 from deqh_core.basis import AOLayout, mole
-from deqh_core.config import ModelConfig
+from deqh_core.config import ModelConfig, load_config
 from deqh_core.data.dataset import HamiltonianDataset, molecule_data
 from deqh_core.data.store import MoleculeRecord
 from deqh_core.deq import DEQConfig, DEQHamiltonianSolver
+from deqh_core.evaluate import load_model
 from deqh_core.metrics import hamiltonian_loss
 from deqh_core.model import HamiltonianModel
+from deqh_core.ops import active_backends, cueq_available, use_backend
 from deqh_core.plugins import get_backbone
 from deqh_core.testing import KIT_MOLECULES, check_backbone
+from deqh_core.train import Trainer
 
 SMALL = dict(
     l_max=2,
@@ -70,117 +72,6 @@ def _item(name: str, transform=None, mol_id: int = 0):
     hcore = mol.intor("int1e_kin") + mol.intor("int1e_nuc")
     record = MoleculeRecord(mol_id, np.asarray(z), pos, hcore, mol.intor("int1e_ovlp"))
     return molecule_data(record, LAYOUT)
-
-
-# ---------------------------------------------------------------------------------------------
-# fused primitives = e3nn's
-
-
-def _same_with_gradients(mine, reference, *inputs) -> None:
-    """Equal outputs and equal gradients (for a random cotangent) with respect to ``inputs``."""
-    out, expected = mine(), reference()
-    torch.testing.assert_close(out, expected)
-    cotangent = torch.randn_like(out)
-    grads = torch.autograd.grad(out, inputs, cotangent)
-    expected_grads = torch.autograd.grad(expected, inputs, cotangent)
-    for got, want in zip(grads, expected_grads):
-        torch.testing.assert_close(got, want)
-
-
-@pytest.mark.parametrize("irreps_in", ["3x0e+3x1o+3x2e", "3x0e", "4x0e+2x1o+2x2e"])
-def test_spherical_tensor_product_is_e3nn_uvu(float64, irreps_in):
-    irreps_in, sh = o3.Irreps(irreps_in), o3.Irreps.spherical_harmonics(3)
-    keep = [o3.Irrep(ir) for ir in ("0e", "1o", "2e")]
-    mine = SphericalTensorProduct(irreps_in, sh, keep)
-    # the same products as e3nn instructions, and our weights in e3nn's order
-    instructions, order, k = [], [], 0
-    starts = np.cumsum([0, *mine.weight_sizes])
-    for mul, _, _, outputs in mine.groups:
-        members = [i for i, (m, _) in enumerate(irreps_in) if m == mul]
-        for _, n_paths in outputs:
-            ir_out = mine.irreps_out[k].ir
-            paths = [
-                (i, j)
-                for i in members
-                for j, (_, y) in enumerate(sh)
-                if ir_out in irreps_in[i].ir * y
-            ]
-            for p, (i, j) in enumerate(paths):
-                instructions.append((i, j, k, "uvu", True))
-                order += [int(starts[k]) + c * n_paths + p for c in range(mul)]
-            k += 1
-    ref = o3.TensorProduct(
-        irreps_in, sh, mine.irreps_out, instructions, shared_weights=False, internal_weights=False
-    )
-    x = torch.randn(7, irreps_in.dim, requires_grad=True)
-    w = torch.randn(7, mine.weight_numel, requires_grad=True)
-    y = o3.spherical_harmonics(sh, torch.randn(7, 3), True, normalization="component")
-    _same_with_gradients(
-        lambda: mine(x, mine.basis(y), w), lambda: ref(x, y, w[:, torch.tensor(order)]), x, w
-    )
-
-
-def test_channel_tensor_product_is_e3nn_uuu(float64):
-    irreps_in = o3.Irreps("3x0e+3x1o+3x2e+3x3o")
-    mine = ChannelTensorProduct(irreps_in, o3.Irreps("3x0e+3x1o+3x2e+3x1e+3x2o"))
-    types = [ir for _, ir in mine.irreps_out]
-    instructions = [
-        (i, j, types.index(ir), "uuu", True)
-        for i, (_, a) in enumerate(irreps_in)
-        for j, (_, b) in enumerate(irreps_in)
-        for ir in types
-        if ir in a * b
-    ]
-    ref = o3.TensorProduct(
-        irreps_in,
-        irreps_in,
-        mine.irreps_out,
-        instructions,
-        shared_weights=False,
-        internal_weights=False,
-    )
-    x1, x2 = (torch.randn(5, irreps_in.dim, requires_grad=True) for _ in range(2))
-    w = torch.randn(5, mine.weight_numel, requires_grad=True)
-    w_e3nn = w.view(5, 3, -1).transpose(1, 2).reshape(5, -1)
-    _same_with_gradients(lambda: mine(x1, x2, w), lambda: ref(x1, x2, w_e3nn), x1, x2, w)
-
-
-@pytest.mark.parametrize(
-    ("irreps_in", "irreps_out"),
-    [("4x0e+3x1o+2x2e", "5x0e+2x1o+3x2e"), ("4x0e+3x1o+2x0e+2x2e", "5x0e+2x1o+1x0e+2x3o")],
-)
-def test_linear_is_e3nn_linear(float64, irreps_in, irreps_out):
-    a, b = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
-    ref, mine = o3.Linear(a, b, biases=True), EquivariantLinear(a, b, biases=True)
-    blocks, offset = {}, 0
-    with torch.no_grad():
-        for ins in ref.instructions:
-            if ins.i_in == -1:  # e3nn lists the biases as instructions too
-                continue
-            size = a[ins.i_in].mul * b[ins.i_out].mul
-            w = ref.weight[offset : offset + size].view(a[ins.i_in].mul, b[ins.i_out].mul)
-            offset += size
-            ir = a[ins.i_in].ir
-            ins_in = [i for i, (_, r) in enumerate(a) if r == ir]
-            ins_out = [k for k, (_, r) in enumerate(b) if r == ir]
-            row = sum(a[i].mul for i in ins_in[: ins_in.index(ins.i_in)])
-            col = sum(b[k].mul for k in ins_out[: ins_out.index(ins.i_out)])
-            block = blocks.setdefault(
-                ir, torch.zeros(sum(a[i].mul for i in ins_in), sum(b[k].mul for k in ins_out))
-            )
-            block[row : row + w.shape[0], col : col + w.shape[1]] = w
-        mine.weight.copy_(torch.cat([blocks[a[p[0][0]].ir].reshape(-1) for p in mine.paths]))
-        mine.bias.normal_()
-        ref.bias.copy_(mine.bias)
-    x = torch.randn(6, a.dim)
-    torch.testing.assert_close(mine(x), ref(x))
-
-
-def test_scalar_gate_is_e3nn_gate(float64):
-    scalars, gated = o3.Irreps("4x0e"), o3.Irreps("3x1o+2x2e")
-    ref = Gate(scalars, [torch.nn.functional.silu], "5x0e", [torch.sigmoid], gated)
-    x = torch.randn(6, ref.irreps_in.dim)
-    torch.testing.assert_close(ScalarGate(scalars, gated)(x), ref(x))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,3 +226,68 @@ def test_overfits_real_water_hamiltonians(variant):
         losses.append(loss.item())
     assert np.isfinite(losses).all()
     assert np.mean(losses[-5:]) < 0.3 * np.mean(losses[:5])
+
+
+# ---------------------------------------------------------------------------------------------
+# ops backends: one weight layout, checkpoints interchangeable
+
+OPS = [
+    pytest.param("fused"),
+    pytest.param("e3nn"),
+    pytest.param(
+        "cueq", marks=pytest.mark.skipif(not cueq_available(), reason="needs cuEquivariance")
+    ),
+]
+
+
+@pytest.mark.parametrize("ops", OPS)
+def test_pre_seam_checkpoint_loads_under_every_backend(float64, ops):
+    """``tests/data/qhnet_pre_ops.npz``: a DEQHNet backbone's state dict and outputs written
+    by the code before the ops seam (main at bc842b1; how: tests/data/README.md). It loads
+    unchanged (its derived constant buffers are ignored) and gives the same blocks with every
+    backend."""
+    saved = np.load(Path(__file__).parent / "data" / "qhnet_pre_ops.npz")
+    config = QHNetConfig(**SMALL, ops=ops)
+    model = QHNet(config, LAYOUT, o3.Irreps("32x0e+16x1o+8x2e")).eval()
+    state = model.state_dict()  # only for the core's BlockExpansion table, left out of the file
+    old = {k.removeprefix("state/"): torch.from_numpy(saved[k]) for k in saved if "/" in k}
+    assert set(state) <= set(old) | {k for k in state if k.endswith("expansion.q")}
+    model.load_state_dict({k: v for k, v in state.items() if k not in old} | old)
+    batch = Batch.from_data_list([_item("water"), _item("methanol", mol_id=1)])
+    with torch.no_grad():
+        out = model(batch, torch.from_numpy(saved["node_features"]), model.inject(batch))
+    # every op ran on the backend asked for (cueq has no gates or norms: those run fused)
+    assert set(active_backends(model)) == ({ops} if ops != "cueq" else {"cueq", "fused"})
+    torch.testing.assert_close(out.diag, torch.from_numpy(saved["diag"]), rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(out.off, torch.from_numpy(saved["off"]), rtol=1e-9, atol=1e-10)
+
+
+def test_checkpoint_trained_with_fused_evaluates_identically_with_e3nn(tmp_path):
+    """``deqh train`` (DEQ, fused on this CPU) -> checkpoint -> ``load_model`` -> the same
+    blocks and DEQ iterations computed with the e3nn reference."""
+    config = load_config(
+        None,
+        None,
+        {
+            "model": {"backbone": "qhnet", "deq": True, "params": SMALL | {"ops": "fused"}},
+            "data": {"batch_size": 2, "sizes": "4/2/0"},
+            "deq": {"f_max_iter": 3, "b_max_iter": 3},
+            "optim": {"max_steps": 2, "warmup_steps": 1},
+            "run": {"out": str(tmp_path), "dtype": "float64", "val_every": 2, "progress": False},
+        },
+    )
+    Trainer(config).fit()
+    loaded = load_model(tmp_path / "last.pt")
+    dataset = HamiltonianDataset(layout=loaded.layout, ids=loaded.checkpoint["split"]["val"])
+    batch = Batch.from_data_list([dataset[i] for i in range(len(dataset))])
+    results = {}
+    for ops in ("fused", "e3nn"):
+        use_backend(loaded.model, ops)
+        with torch.no_grad():
+            blocks, diagnostics = loaded.model(batch)
+        assert set(active_backends(loaded.model)) == {ops}
+        results[ops] = blocks, diagnostics.nfe
+    (fused, nfe_fused), (e3nn, nfe_e3nn) = results["fused"], results["e3nn"]
+    torch.testing.assert_close(fused.diag, e3nn.diag, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(fused.off, e3nn.off, rtol=1e-9, atol=1e-10)
+    assert nfe_fused == nfe_e3nn

@@ -18,16 +18,18 @@ from torch import nn
 from torch.nn import functional as F
 from torch_geometric.utils import softmax
 
-from deqh_backbones.qhnet.gates import ScalarGate
-from deqh_backbones.qhnet.layernorm import EquivariantLayerNorm
-from deqh_backbones.qhnet.linear import EquivariantLinear
-from deqh_backbones.qhnet.tensor_products import SphericalTensorProduct
+from deqh_core.ops import (
+    EquivariantLayerNorm,
+    EquivariantLinear,
+    ScalarGate,
+    SphericalTensorProduct,
+)
 
 
 class TransBlock(nn.Module):
     """One attention block over node features with irreps ``irreps`` (kept).
 
-    ``radial(rbf [E, num_rbf]) -> [E, weight_numel]`` and ``tp.basis(sh)`` depend on the
+    ``radial(rbf [E, num_rbf]) -> [E, weight_numel]`` and ``tp.prepare(sh)`` depend on the
     geometry only (computed once per batch); ``forward(x [N, dim], edge_dst [E],
     edge_src [E], basis, radial [E, weight_numel]) -> [N, dim]``.
 
@@ -50,6 +52,7 @@ class TransBlock(nn.Module):
     ):
         super().__init__()
         irreps = o3.Irreps(irreps)
+        self.irreps = irreps
         self.heads = heads
         self.norm_attention = EquivariantLayerNorm(irreps)
         self.dim = irreps.dim

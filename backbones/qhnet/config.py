@@ -7,6 +7,8 @@ import math
 from e3nn import o3
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from deqh_core.ops.backends import OpsBackend
+
 
 class QHNetConfig(BaseModel):
     """QHNet structure stream, interaction layers and heads, plus the DEQHNet filter (Fig. 2).
@@ -73,6 +75,14 @@ class QHNetConfig(BaseModel):
     )
     filter_radial_hidden: int = Field(
         64, ge=1, description="hidden width of the TransBlocks' radial MLPs"
+    )
+    ops: OpsBackend = Field(
+        "auto",
+        exclude=True,  # not part of the model's identity: checkpoints load under any backend
+        description="implementation of the equivariant ops (tensor products, linears, gates, "
+        "norms), same weights for all: fused (deqh's, fastest on a CPU), e3nn (the reference), "
+        "cueq (NVIDIA cuEquivariance), auto (fused on a CPU; on CUDA cueq when its CUDA "
+        "kernels are installed, else e3nn); see docs/gpu.md",
     )
 
     @field_validator("filter_irreps")

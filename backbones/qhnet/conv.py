@@ -10,10 +10,7 @@ from e3nn.nn import FullyConnectedNet
 from torch import nn
 from torch.nn import functional as F
 
-from deqh_backbones.qhnet.channels import Channels
-from deqh_backbones.qhnet.gates import NormGate
-from deqh_backbones.qhnet.linear import EquivariantLinear
-from deqh_backbones.qhnet.tensor_products import SphericalTensorProduct
+from deqh_core.ops import Channels, EquivariantLinear, NormGate, SphericalTensorProduct
 
 
 def shifted_softplus(x: torch.Tensor) -> torch.Tensor:
@@ -36,7 +33,7 @@ class ConvNetLayer(nn.Module):
     wraps the layer when input and output irreps agree.
 
     ``forward(x [N, irreps_in.dim], edge_dst [E], edge_src [E], basis, rbf [E, num_rbf])
-    -> [N, irreps_out.dim]``, with ``basis = layer.tp.basis(sh)`` of the edges' spherical
+    -> [N, irreps_out.dim]``, with ``basis = layer.tp.prepare(sh)`` of the edges' spherical
     harmonics (shared by all layers with the same input irreps).
     """
 

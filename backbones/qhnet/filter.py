@@ -26,8 +26,7 @@ from deqh_backbones.qhnet.attention import TransBlock
 from deqh_backbones.qhnet.config import QHNetConfig
 from deqh_backbones.qhnet.conv import natural_irreps
 from deqh_backbones.qhnet.interaction import PairNetLayer, SelfNetLayer, interaction_irreps
-from deqh_backbones.qhnet.layernorm import EquivariantLayerNorm
-from deqh_backbones.qhnet.linear import EquivariantLinear
+from deqh_core.ops import EquivariantLayerNorm, EquivariantLinear
 
 
 @dataclass
@@ -104,7 +103,7 @@ class DEQHNetFilter(nn.Module):
         """The geometry-only part: ``sh [E, sh_dim]``, radial bases ``[E|P, num_rbf]`` and the
         structure features of the interaction layers."""
         return FilterInjection(
-            basis=self.blocks[0].tp.basis(sh),  # every TransBlock has the same irreps
+            basis=self.blocks[0].tp.prepare(sh),  # every TransBlock has the same irreps
             block_radial=[block.radial(edge_rbf) for block in self.blocks],
             structure=[lin(x) for lin, x in zip(self.fuse_structure, structure)],
             pair_radial=[layer.radial(pair_rbf) for layer in self.pairs],

@@ -13,8 +13,8 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from deqh_backbones.qhnet.linear import EquivariantLinear
 from deqh_core.expansion import BlockExpansion
+from deqh_core.ops import EquivariantLinear
 
 
 class ExpansionHead(nn.Module):

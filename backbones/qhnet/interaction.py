@@ -14,11 +14,8 @@ from e3nn import o3
 from e3nn.nn import FullyConnectedNet
 from torch import nn
 
-from deqh_backbones.qhnet.channels import Channels
 from deqh_backbones.qhnet.conv import shifted_softplus
-from deqh_backbones.qhnet.gates import NormGate
-from deqh_backbones.qhnet.linear import EquivariantLinear
-from deqh_backbones.qhnet.tensor_products import ChannelTensorProduct
+from deqh_core.ops import Channels, ChannelTensorProduct, EquivariantLinear, NormGate
 
 
 def interaction_irreps(hidden: o3.Irreps, needed: o3.Irreps, channels: int) -> o3.Irreps:

@@ -35,13 +35,13 @@ from deqh_backbones.qhnet.conv import ConvNetLayer, natural_irreps
 from deqh_backbones.qhnet.filter import DEQHNetFilter, FilterInjection
 from deqh_backbones.qhnet.heads import ExpansionHead
 from deqh_backbones.qhnet.interaction import PairNetLayer, SelfNetLayer, interaction_irreps
-from deqh_backbones.qhnet.linear import EquivariantLinear
 from deqh_backbones.qhnet.radial import ExponentialBernstein
 from deqh_core.backbone import BackboneError
 from deqh_core.basis import AOLayout
 from deqh_core.blocks import symmetrize
 from deqh_core.expansion import BlockExpansion
 from deqh_core.graph import edge_vectors
+from deqh_core.ops import EquivariantLinear, use_backend
 from deqh_core.solver import Blocks
 
 
@@ -139,6 +139,7 @@ class QHNet(nn.Module):
                 block_irreps,
                 self.irreps_bottleneck,
             )
+        use_backend(self, c.ops)
 
     def inject(self, batch) -> QHNetInjection:
         """The H-independent part: graph, radial basis, spherical harmonics, the ConvNet stream,
@@ -159,7 +160,7 @@ class QHNet(nn.Module):
         )
         embedding = self.embedding(batch.z)
         # layers with the same input irreps share the harmonics' contraction with their CGs
-        bases = [conv.tp.basis(sh) for conv in self.convs[:2]]
+        bases = [conv.tp.prepare(sh) for conv in self.convs[:2]]
         x, structure = embedding, []
         for k, conv in enumerate(self.convs):
             x = conv(x, edge_dst, edge_src, bases[min(k, 1)], edge_rbf)
