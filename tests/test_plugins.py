@@ -45,6 +45,33 @@ def test_example_backbone_passes_the_conformance_kit(example_plugin):
     assert "rotation equivariance" in cli.stdout and "FAIL" not in cli.stdout
 
 
+def test_example_backbone_uses_the_ops_seam(example_plugin):
+    """A third-party backbone built on deqh_core.ops: the same weights give the same blocks
+    with the fused kernels and the e3nn reference, and e3nn passes the kit too."""
+    from torch_geometric.data import Batch
+
+    from deqh_core.backbone import ReducedSolver
+    from deqh_core.basis import AOLayout
+    from deqh_core.data.dataset import HamiltonianDataset
+    from deqh_core.ops import active_backends, use_backend
+    from deqh_core.plugins import get_backbone
+
+    spec = get_backbone("tfn-mini")
+    assert all(r.passed for r in check_backbone("tfn-mini", config=spec.config(ops="e3nn")))
+    layout = AOLayout("def2-svp", [1, 6, 8])
+    torch.manual_seed(0)
+    solver = ReducedSolver(spec, spec.config(), layout, False, True).double()
+    dataset = HamiltonianDataset(layout=layout)
+    batch = Batch.from_data_list([dataset[0], dataset[1]])
+    out = {}
+    for backend in ("fused", "e3nn"):
+        use_backend(solver, backend)
+        out[backend] = solver(batch, None, solver.inject(batch))
+        assert set(active_backends(solver)) == {backend}
+    torch.testing.assert_close(out["fused"].diag, out["e3nn"].diag)
+    torch.testing.assert_close(out["fused"].off, out["e3nn"].off)
+
+
 def test_train_example_with_and_without_deq_through_the_cli(example_plugin, tmp_path):
     for deq in ("--no-deq", "--deq"):
         out = tmp_path / deq

@@ -3,6 +3,10 @@
 Atoms start as learned element embeddings (plus the core's optional node features); a few
 tensor-field-network layers pass messages along edges within a cutoff; tensor-product heads turn
 node pairs into AO blocks through the core's ``BlockExpansion``.
+
+The node-feature input and the messages use deqh's equivariant ops (``deqh_core.ops``), so the
+``ops`` field picks their backend (fused, e3nn, cuEquivariance) with the same weights; the heads
+use e3nn directly.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from e3nn import o3
 from e3nn.math import soft_one_hot_linspace
 from pydantic import BaseModel, ConfigDict, Field
 
+from deqh_core import ops
 from deqh_core.basis import AOLayout
 from deqh_core.blocks import symmetrize
 from deqh_core.expansion import BlockExpansion
 from deqh_core.graph import edge_vectors, radius_edges
+from deqh_core.ops import OpsBackend
 from deqh_core.solver import Blocks
 
 
@@ -27,6 +33,9 @@ class TFNMiniConfig(BaseModel):
     layers: int = Field(2, ge=1, description="message-passing layers")
     cutoff: float = Field(5.0, gt=0, description="edge cutoff, Å")
     num_basis: int = Field(8, ge=2, description="radial basis functions")
+    ops: OpsBackend = Field(
+        "auto", exclude=True, description="backend of deqh's ops: auto, fused, e3nn or cueq"
+    )
 
 
 class TFNMini(torch.nn.Module):
@@ -37,14 +46,16 @@ class TFNMini(torch.nn.Module):
         self.hidden = self.hidden_irreps(config)
         self.sh = o3.Irreps.spherical_harmonics(2)
         self.embed = torch.nn.Embedding(119, c)
-        self.node_in = o3.Linear(node_irreps, self.hidden) if node_irreps else None
+        self.node_in = ops.EquivariantLinear(node_irreps, self.hidden) if node_irreps else None
         self.convs = torch.nn.ModuleList()
+        self.mix = torch.nn.ModuleList()
         self.radial = torch.nn.ModuleList()
         for _ in range(config.layers):
-            tp = o3.FullyConnectedTensorProduct(
-                self.hidden, self.sh, self.hidden, shared_weights=False
-            )
+            # messages x_j ⊗ Y(r_ij), every path weighted per channel by a radial MLP, then
+            # mixed back to the hidden irreps
+            tp = ops.SphericalTensorProduct(self.hidden, self.sh, [ir for _, ir in self.hidden])
             self.convs.append(tp)
+            self.mix.append(ops.EquivariantLinear(tp.irreps_out, self.hidden))
             self.radial.append(e3nn_nn.FullyConnectedNet([config.num_basis, 32, tp.weight_numel]))
         self.expansion = BlockExpansion(layout)
         self.diag_head = o3.FullyConnectedTensorProduct(
@@ -53,6 +64,7 @@ class TFNMini(torch.nn.Module):
         self.off_head = o3.FullyConnectedTensorProduct(
             self.hidden, self.hidden, self.expansion.irreps
         )
+        ops.use_backend(self, config.ops)
 
     @staticmethod
     def hidden_irreps(config: TFNMiniConfig) -> o3.Irreps:
@@ -78,8 +90,9 @@ class TFNMini(torch.nn.Module):
         if self.node_in is not None:
             x = x + self.node_in(node_features)
         src, dst = injection["edges"]
-        for tp, radial in zip(self.convs, self.radial):
-            messages = tp(x[src], injection["sh"], radial(injection["rbf"]))
+        sh = self.convs[0].prepare(injection["sh"])  # the harmonics' part, shared by the layers
+        for tp, mix, radial in zip(self.convs, self.mix, self.radial):
+            messages = mix(tp(x[src], sh, radial(injection["rbf"])))
             x = x + torch.zeros_like(x).index_add_(0, dst, messages) / 4.0
         diag = self.expansion(self.diag_head(x, x))
         i, j = batch.pair_index
