@@ -11,21 +11,31 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from functools import cache, cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
-from pyscf import gto
-from pyscf.data.elements import ELEMENTS, charge
 
 from deqh_core.errors import BasisError
+
+if TYPE_CHECKING:
+    from pyscf import gto
+
+# PySCF is imported where it is used, so that precomputed layouts and tables work without it
+# (benchmarks/gpu_check.sh on a bare GPU machine).
+
+N_ATOMIC_NUMBERS = 119
+"""Rows of per-element tables: atomic numbers 0..118, as PySCF's ``ELEMENTS``."""
 
 
 def atomic_number(element: int | str) -> int:
     """Atomic number of ``element`` given as a number or a symbol (case-insensitive)."""
     if isinstance(element, (int, np.integer)):
         z = int(element)
-        if not 0 < z < len(ELEMENTS):
+        if not 0 < z < N_ATOMIC_NUMBERS:
             raise BasisError(f"unknown atomic number {z}")
         return z
+    from pyscf.data.elements import charge
+
     try:
         z = charge(str(element).strip().capitalize())
     except KeyError:  # PySCF raises for most unknown symbols, returns 0 for a few (X...)
@@ -37,6 +47,8 @@ def atomic_number(element: int | str) -> int:
 
 def symbol(z: int) -> str:
     """Element symbol of atomic number ``z``."""
+    from pyscf.data.elements import ELEMENTS
+
     return ELEMENTS[atomic_number(z)]
 
 
@@ -56,6 +68,8 @@ def element_shells(basis: str, z: int) -> tuple[int, ...]:
     A generally contracted PySCF shell with ``nctr`` contractions counts as ``nctr`` shells,
     which is how PySCF lays out its AOs (contraction-major, then m).
     """
+    from pyscf import gto
+
     sym = symbol(z)
     try:
         # Neutral atom; ECP cores hold an even number of electrons, so the parity is kept.
@@ -138,7 +152,7 @@ class AOLayout:
     @cached_property
     def n_ao_table(self) -> np.ndarray:
         """``[119]`` AO count per atomic number, 0 for elements outside the layout."""
-        table = np.zeros(len(ELEMENTS), dtype=np.int64)
+        table = np.zeros(N_ATOMIC_NUMBERS, dtype=np.int64)
         for z in self.elements:
             table[z] = self.n_ao(z)
         return table
@@ -160,8 +174,8 @@ class AOLayout:
         from deqh_core.convention import get_convention
 
         conv = get_convention(convention)
-        ao = np.full((len(ELEMENTS), self.width), -1, dtype=np.int64)
-        sign = np.zeros((len(ELEMENTS), self.width), dtype=np.int64)
+        ao = np.full((N_ATOMIC_NUMBERS, self.width), -1, dtype=np.int64)
+        sign = np.zeros((N_ATOMIC_NUMBERS, self.width), dtype=np.int64)
         l_offset = np.cumsum([0] + [n * (2 * l + 1) for l, n in enumerate(self.shell_counts)])
         for z, shells in self.shells.items():
             seen = [0] * len(self.shell_counts)
@@ -188,6 +202,8 @@ def mole(
     ``spin=None`` picks the lowest spin the electron count allows, which is all the one-electron
     integrals (overlap, core Hamiltonian) need.
     """
+    from pyscf import gto
+
     z = [int(x) for x in atomic_numbers]
     for el in set(z):
         element_shells(basis, el)  # clear error for an element the basis lacks

@@ -21,17 +21,20 @@ import re
 import warnings
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from e3nn import o3
-from pyscf import gto
 
 from deqh_core.atomic import atomic_open
 from deqh_core.basis import AOLayout, atomic_number, element_shells, mole, symbol
 from deqh_core.cache import cache_dir
 from deqh_core.convention import get_convention
 from deqh_core.errors import BasisError
+
+if TYPE_CHECKING:
+    from pyscf import gto  # imported where used: precomputed tables work without PySCF
 
 # Even-tempered auxiliary basis of paper A.6, eq. 35-37 (atomic units): (l, first exponent,
 # ratio, count). Each function is one normalised primitive Gaussian r^l exp(-γ r²) Y_lm.
@@ -58,6 +61,8 @@ def aux_exponents(l: int) -> np.ndarray:
 
 @cache
 def _aux_mole() -> gto.Mole:
+    from pyscf import gto
+
     # The auxiliary basis is element-independent, so any closed-shell atom can carry it.
     basis = [[l, [float(g), 1.0]] for l, *_ in AUX_SHELLS for g in aux_exponents(l)]
     return gto.M(atom=[["He", (0.0, 0.0, 0.0)]], basis={"He": basis}, unit="Bohr", verbose=0)
@@ -84,6 +89,8 @@ def _shells(mol: gto.Mole) -> list[int]:
 
 
 def _compute_table(atom: gto.Mole) -> np.ndarray:
+    from pyscf import gto
+
     aux = _aux_mole()
     both = gto.conc_mol(atom, aux)
     # ECPs (if the basis has any) do not enter: int3c1e only involves the basis functions.

@@ -84,6 +84,7 @@ class QHNet(nn.Module):
         self.config = c
         self.layout = layout
         self.irreps_sh = o3.Irreps.spherical_harmonics(c.l_max)
+        self.sh_degrees = list(range(c.l_max + 1))  # a list: torch.compile cannot guard Irreps
         self.irreps_hidden = natural_irreps(c.channels, c.l_max)
         expansion = BlockExpansion(layout)
         block_irreps = expansion.irreps
@@ -156,7 +157,7 @@ class QHNet(nn.Module):
             edge_dst, edge_src = pair_i[edges], pair_j[edges]
             edge_rbf, edge_vec = rbf[edges], vectors[edges]
         sh = o3.spherical_harmonics(
-            self.irreps_sh, edge_vec, normalize=True, normalization="component"
+            self.sh_degrees, edge_vec, normalize=True, normalization="component"
         )
         embedding = self.embedding(batch.z)
         # layers with the same input irreps share the harmonics' contraction with their CGs
