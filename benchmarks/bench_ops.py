@@ -11,8 +11,8 @@ of the system: ``qh9`` = 3/3 iterations, ``md17`` = 40/40 with tolerance), at th
 
 Systems: ``qh9`` = a QH9-sized batch (``--qh9-batch`` 32 QM9-like molecules, about 18 atoms
 each), ``ethanol`` and ``uracil`` = MD17-sized batches (``--md17-batch`` 5 thermal copies);
-from ``benchmarks/gpu_inputs/molecules.db`` (written by ``benchmarks/gpu_inputs.py``; without
-PySCF its precomputed basis data is used), labelled with the core Hamiltonian.
+from ``benchmarks/gpu_inputs/`` (written by ``benchmarks/gpu_inputs.py``; without PySCF its
+precomputed basis data is used), labelled with the core Hamiltonian.
 
 Measured per (model, system, backend): ``forward`` (eval mode, no gradient) and ``train`` (train
 mode: forward, eq.-45 loss, backward, AdamW step), the median over ``--repeat`` runs after
@@ -98,22 +98,28 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build(variant: str, params: dict, layout, deq_preset: str, backends: list[str], device):
-    """One model per backend, all with the weights of the first (seeded)."""
+def build(variant: str, params: dict, layout, backends: list[str], device) -> dict:
+    """One solver per backend, all with the weights of the first (seeded)."""
     from deqh_backbones.qhnet import QHNetConfig
     from deqh_core.backbone import ReducedSolver
-    from deqh_core.deq import DEQConfig, DEQHamiltonianSolver
     from deqh_core.ops import use_backend
     from deqh_core.plugins import get_backbone
 
     reads_h, reads_s = VARIANTS[variant]
     torch.manual_seed(0)
     solver = ReducedSolver(get_backbone("qhnet"), QHNetConfig(**params), layout, reads_h, reads_s)
-    model = DEQHamiltonianSolver(solver, DEQConfig.preset(deq_preset)) if reads_h else solver
-    models = {}
-    for backend in backends:
-        models[backend] = use_backend(copy.deepcopy(model), backend).to(device)
-    return models
+    return {b: use_backend(copy.deepcopy(solver), b).to(device) for b in backends}
+
+
+def wrap(solvers: dict, deq_preset: str, overrides: dict) -> dict:
+    """DEQ-wrapped solvers (with the system's preset) for a solver that reads H."""
+    from deqh_core.deq import DEQConfig, DEQHamiltonianSolver
+
+    config = DEQConfig.preset(deq_preset, **overrides)
+    return {
+        b: DEQHamiltonianSolver(s, config) if s.capabilities.reads_h else s
+        for b, s in solvers.items()
+    }
 
 
 def run(model, batch):
@@ -205,16 +211,14 @@ def batches(args, layout, device, dtype) -> dict:
     from deqh_core.data.dataset import HamiltonianDataset
     from deqh_core.train import to_device
 
-    path = args.inputs / "molecules.db"
-    if not path.is_file():
-        sys.exit(f"{path} is missing: run `python benchmarks/gpu_inputs.py` (needs PySCF) first")
     out = {}
     for name in args.systems:
-        source, _ = SYSTEMS[name]
+        path = gpu_inputs.dataset(SYSTEMS[name][0], args.inputs)
+        if not path.is_file():
+            sys.exit(f"{path} is missing: run `python benchmarks/gpu_inputs.py` (with PySCF)")
         count = args.qh9_batch if name == "qh9" else args.md17_batch
-        ids = gpu_inputs.ids(source, count)
-        data = HamiltonianDataset(path, layout=layout, ids=ids, dtype=dtype)
-        batch = Batch.from_data_list([data[i] for i in range(len(data))])
+        data = HamiltonianDataset(path, layout=layout, dtype=dtype)
+        batch = Batch.from_data_list([data[i] for i in range(min(count, len(data)))])
         out[name] = to_device(batch, device, dtype)
     return out
 
@@ -230,6 +234,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--params", type=json.loads, default={}, help="QHNet config overrides")
+    parser.add_argument("--deq", type=json.loads, default={}, help="DEQ preset overrides")
     parser.add_argument("--tiny", action="store_true", help="smoke test: tiny model, 2+2 molecules")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads")
     parser.add_argument("--no-train", action="store_true", help="forward only")
@@ -239,6 +244,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.tiny:
         args.params = TINY | args.params
+        args.deq = {"f_max_iter": 3, "b_max_iter": 3} | args.deq
         args.qh9_batch, args.md17_batch = min(args.qh9_batch, 2), min(args.md17_batch, 2)
         args.repeat = min(args.repeat, 2)
     if args.threads:
@@ -261,7 +267,7 @@ def main() -> None:
         f"torch {torch.__version__} on {name}, {torch.get_num_threads()} threads, float32; "
         f"cuEquivariance: {cueq}; loadavg {loadavg()}"
     )
-    print(f"config overrides: {args.params or 'none (paper size)'}")
+    print(f"config overrides: {args.params or 'none (paper size)'}; DEQ: {args.deq or 'presets'}")
     for system, batch in data.items():
         atoms, pairs = batch.z.shape[0], batch.pair_index.shape[1]
         print(f"  {system}: {batch.num_graphs} molecules, {atoms} atoms, {pairs} pairs")
@@ -269,9 +275,10 @@ def main() -> None:
     results = []  # rows: variant, system, kind, backend, seconds, MB, nfe
     compiled = {}
     for variant in args.variants:
+        solvers = build(variant, args.params, layout, backends, device)
+        params = sum(p.numel() for p in next(iter(solvers.values())).parameters()) / 1e6
         for system, batch in data.items():
-            models = build(variant, args.params, layout, SYSTEMS[system][1], backends, device)
-            params = sum(p.numel() for p in next(iter(models.values())).parameters()) / 1e6
+            models = wrap(solvers, SYSTEMS[system][1], args.deq)
             for kind in ("forward", "train")[: 1 if args.no_train else 2]:
                 for backend, (sec, mb, nfe) in measure(
                     models, batch, kind, args, device, memory
@@ -281,9 +288,9 @@ def main() -> None:
                 print(f"  {done}; loadavg {loadavg()}", flush=True)
             if args.compile and variant == "QHNet":
                 compiled[system] = compile_attempt(models, batch, args, device)
-            del models
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+        del solvers, models
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     report(results, compiled, backends)
     if args.json:
         args.json.write_text(json.dumps({"rows": results, "compile": compiled}, indent=1))

@@ -8,10 +8,11 @@ travels there (64 MiB). So, here, with PySCF::
 
     python benchmarks/gpu_inputs.py            # writes benchmarks/gpu_inputs/ (about 20 MB)
 
-writes ``basis.npz`` (def2-SVP shells and on-site tables of H, C, N, O, F; 0.5 MB) and
-``molecules.db`` (a deqh dataset: 40 QM9-like molecules of about 18 atoms, 5 ethanols and
-5 uracils, see benchmarks/molecules.py, labelled with PySCF's core Hamiltonian and overlap,
-which take milliseconds: a real, symmetric, equivariant target a model can learn). There,
+writes ``basis.npz`` (def2-SVP shells and on-site tables of H, C, N, O, F; 30 kB) and one
+deqh dataset per source (benchmarks/molecules.py): ``qm9-like.db`` (40 QM9-like molecules of
+about 18 atoms), ``ethanol.db`` and ``uracil.db`` (5 thermal copies each), labelled with
+PySCF's core Hamiltonian and overlap, which take milliseconds: a real, symmetric, equivariant
+target a model can learn. There,
 ``gpu_inputs.use()`` serves the basis data to deqh when PySCF is missing (it does nothing when
 PySCF is installed).
 """
@@ -29,11 +30,11 @@ HERE = Path(__file__).resolve().parent
 DEFAULT = HERE / "gpu_inputs"
 BASIS = "def2-svp"
 ELEMENTS = (1, 6, 7, 8, 9)
-SOURCES = {"qm9-like": (0, 40), "ethanol": (100, 5), "uracil": (200, 5)}  # first id, count
+SOURCES = {"qm9-like": 40, "ethanol": 5, "uracil": 5}  # molecules per dataset file
 
 
-def make(out: Path = DEFAULT, n_qm9: int = SOURCES["qm9-like"][1]) -> None:
-    """Write ``basis.npz`` and ``molecules.db`` under ``out`` (needs PySCF)."""
+def make(out: Path = DEFAULT, n_qm9: int = SOURCES["qm9-like"]) -> None:
+    """Write ``basis.npz`` and the datasets ``<source>.db`` under ``out`` (needs PySCF)."""
     from molecules import SETS
     from pyscf.data.elements import ELEMENTS as SYMBOLS
 
@@ -48,28 +49,24 @@ def make(out: Path = DEFAULT, n_qm9: int = SOURCES["qm9-like"][1]) -> None:
         arrays[f"onsite/{z}"] = onsite_overlap_table(BASIS, z)
     np.savez_compressed(out / "basis.npz", basis=np.array(BASIS), **arrays)
 
-    path = out / "molecules.db"
-    path.unlink(missing_ok=True)
-    with HamiltonianDB(path, "a") as db:
-        db.set_recipe({"basis": BASIS, "label": "core Hamiltonian (int1e_kin + int1e_nuc)"})
-        for name, (first, count) in SOURCES.items():
+    for name, count in SOURCES.items():
+        path = dataset(name, out)
+        path.unlink(missing_ok=True)
+        with HamiltonianDB(path, "a") as db:
+            db.set_recipe({"basis": BASIS, "label": "core Hamiltonian (int1e_kin + int1e_nuc)"})
             count = n_qm9 if name == "qm9-like" else count
             for k, (z, pos) in enumerate(SETS[name](count)):
                 mol = mole(z, pos, BASIS)
                 hcore = mol.intor("int1e_kin") + mol.intor("int1e_nuc")
-                db.write(
-                    MoleculeRecord(
-                        first + k, z, pos, hcore, mol.intor("int1e_ovlp"), source=f"{name}#{k}"
-                    )
-                )
+                overlap = mol.intor("int1e_ovlp")
+                db.write(MoleculeRecord(k, z, pos, hcore, overlap, source=f"{name}#{k}"))
     size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
     print(f"wrote {out} ({size:.1f} MB)")
 
 
-def ids(source: str, count: int | None = None) -> list[int]:
-    """Molecule ids of ``source`` in ``molecules.db`` (the first ``count``)."""
-    first, n = SOURCES[source]
-    return list(range(first, first + min(n, count or n)))
+def dataset(source: str, directory: Path = DEFAULT) -> Path:
+    """The dataset file of ``source`` (``qm9-like``, ``ethanol``, ``uracil``)."""
+    return Path(directory) / f"{source}.db"
 
 
 def pyscf_available() -> bool:
@@ -122,7 +119,7 @@ def use(directory: Path = DEFAULT) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=DEFAULT)
-    parser.add_argument("--qm9", type=int, default=SOURCES["qm9-like"][1], help="QM9-like count")
+    parser.add_argument("--qm9", type=int, default=SOURCES["qm9-like"], help="QM9-like count")
     args = parser.parse_args()
     make(args.out, args.qm9)
 

@@ -49,7 +49,8 @@ def test_without_pyscf_the_precomputed_inputs_give_pyscfs_values(tmp_path):
         from deqh_core.data.dataset import HamiltonianDataset
         from deqh_core.reduction import DiagonalReduction
         layout = AOLayout("def2-svp", [1, 6, 7, 8, 9])
-        data = HamiltonianDataset(Path({str(tmp_path)!r}) / "molecules.db", layout=layout)
+        path = gpu_inputs.dataset("qm9-like", Path({str(tmp_path)!r}))
+        data = HamiltonianDataset(path, layout=layout)
         item = data[0]
         features = DiagonalReduction(layout)(item.s_diag, item.z)
         np.savez({str(tmp_path / "out.npz")!r}, features=features.numpy(),
@@ -59,7 +60,7 @@ def test_without_pyscf_the_precomputed_inputs_give_pyscfs_values(tmp_path):
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     layout = AOLayout("def2-svp", [1, 6, 7, 8, 9])
-    item = HamiltonianDataset(tmp_path / "molecules.db", layout=layout)[0]
+    item = HamiltonianDataset(gpu_inputs.dataset("qm9-like", tmp_path), layout=layout)[0]
     expected = DiagonalReduction(layout)(item.s_diag, item.z)
     with np.load(tmp_path / "out.npz") as got:
         assert int(got["width"]) == layout.width and str(got["repr"]) == repr(layout)
