@@ -201,9 +201,11 @@ def compile_attempt(models: dict, batch, args, device) -> dict:
                 synchronize(device)
                 times.append(time.perf_counter() - start)
             out[backend] = (first, statistics.median(times))
+            print(f"  compiled {backend}: first call {first:.1f} s, then {times[-1] * 1e3:.1f} ms")
         except Exception as err:  # an attempt: report, do not stop the benchmark
             traceback.print_exc(limit=3)
             out[backend] = f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+            print(f"  compiled {backend}: FAILED {out[backend]}", flush=True)
     return out
 
 
@@ -272,20 +274,24 @@ def main() -> None:
         atoms, pairs = batch.z.shape[0], batch.pair_index.shape[1]
         print(f"  {system}: {batch.num_graphs} molecules, {atoms} atoms, {pairs} pairs")
 
+    print("measured (ms per call, peak MB, [DEQ evaluations]):", flush=True)
     results = []  # rows: variant, system, kind, backend, seconds, MB, nfe
     compiled = {}
     for variant in args.variants:
         solvers = build(variant, args.params, layout, backends, device)
         params = sum(p.numel() for p in next(iter(solvers.values())).parameters()) / 1e6
+        print(f"  {variant}: {params:.2f} M parameters; loadavg {loadavg()}", flush=True)
         for system, batch in data.items():
             models = wrap(solvers, SYSTEMS[system][1], args.deq)
             for kind in ("forward", "train")[: 1 if args.no_train else 2]:
+                cells = []  # printed as measured: a run cut short keeps what it measured
                 for backend, (sec, mb, nfe) in measure(
                     models, batch, kind, args, device, memory
                 ).items():
                     results.append((variant, system, kind, backend, sec, mb, nfe))
-                done = f"{variant} {system} {kind}: done ({params:.2f} M parameters)"
-                print(f"  {done}; loadavg {loadavg()}", flush=True)
+                    it = f" [{nfe}]" if nfe is not None else ""
+                    cells.append(f"{backend} {sec * 1e3:.1f} ms {mb:.0f} MB{it}")
+                print(f"  {variant} {system} {kind}: {' | '.join(cells)}", flush=True)
             if args.compile and variant == "QHNet":
                 compiled[system] = compile_attempt(models, batch, args, device)
         del solvers, models
