@@ -225,39 +225,6 @@ def test_a_broken_molecule_does_not_spoil_its_batch_mates(items):
         DEQHamiltonianSolver(Poisoned(), DEQConfig(f_max_iter=100, f_tol=1e-9)).eval()(both)
 
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-
-@pytest.mark.gpu
-@cuda
-def test_no_host_synchronisation_inside_a_deq_iteration_on_cuda(items, monkeypatch):
-    """torch.cuda sync debug mode "error" raises on any host synchronisation: around each
-    evaluation (state unpacking, the solver, packing) and in the solver's bookkeeping when it
-    never tests for an early exit."""
-    from deqh_core import deq as deq_module
-    from deqh_core.fixed_point import per_molecule_fixed_point
-
-    def no_sync(fn):
-        def guarded(*args, **kwargs):
-            torch.cuda.set_sync_debug_mode("error")
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                torch.cuda.set_sync_debug_mode(0)
-
-        return guarded
-
-    target = torch.randn(3, 50, dtype=F64, device="cuda")
-    no_sync(per_molecule_fixed_point)(
-        lambda x: 0.5 * x + target, torch.zeros_like(target), max_iter=12, tol=1e-9, check_every=100
-    )
-    monkeypatch.setattr(deq_module._Recorder, "__call__", no_sync(deq_module._Recorder.__call__))
-    batch = Batch.from_data_list(items).to("cuda")
-    deq = DEQHamiltonianSolver(TanhToy().to("cuda"), DEQConfig(f_max_iter=8, f_tol=1e-30))
-    _, diag = deq.eval()(batch)
-    assert diag.nfe == 8 and not diag.failed
-
-
 def test_one_iteration_is_reported_as_not_converged(batch):
     deq = DEQHamiltonianSolver(LinearToy(), DEQConfig(f_max_iter=1, f_tol=1e-10)).eval()
     _, diag = deq(batch)
