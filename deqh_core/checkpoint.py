@@ -127,10 +127,18 @@ def rng_state() -> dict:
     """The torch, numpy (global), Python and CUDA random states, storable with
     ``weights_only``: numpy's Mersenne-Twister keys as an int64 tensor, Python's state as a
     list."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002 - the global state
-    version, internal, gauss_next = random.getstate()
-    state = {
-        "torch": torch.get_rng_state(),
+    numpy_state = np.random.get_state()  # noqa: NPY002 - the global state is what we restore
+    state = {"torch": torch.get_rng_state(), **_storable(numpy_state, random.getstate())}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _storable(numpy_state: tuple, python_state: tuple) -> dict:
+    """numpy's and Python's random states as tensors and plain lists (``weights_only``)."""
+    kind, keys, pos, has_gauss, gauss = numpy_state
+    version, internal, gauss_next = python_state
+    return {
         "numpy": {
             "kind": str(kind),
             "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
@@ -140,9 +148,6 @@ def rng_state() -> dict:
         },
         "python": [int(version), list(internal), gauss_next],
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
 
 
 def set_rng_state(state: dict) -> None:
@@ -184,19 +189,7 @@ def upgrade_checkpoint(source: str | Path, target: str | Path) -> dict:
     state = dict(state)
     rng = state.get("rng")
     if isinstance(rng, dict) and isinstance(rng.get("numpy"), tuple):
-        kind, keys, pos, has_gauss, gauss = rng["numpy"]
-        version, internal, gauss_next = rng["python"]
-        state["rng"] = {
-            **rng,
-            "numpy": {
-                "kind": str(kind),
-                "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
-                "pos": int(pos),
-                "has_gauss": int(has_gauss),
-                "cached_gaussian": float(gauss),
-            },
-            "python": [int(version), list(internal), gauss_next],
-        }
+        state["rng"] = {**rng, **_storable(rng["numpy"], rng["python"])}
     state["describe"] = _plain(state["describe"])
     state["format"] = FORMAT
     state.setdefault("upgraded_from", str(source))

@@ -23,6 +23,25 @@ def device(request) -> torch.device:
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def float64():
+    """float64 as the default dtype for the test (equivariance to 1e-8 needs it)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: a second thread only adds synchronisation (and, on a busy machine, waiting);
+    modules use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="session")
 def example_plugin(tmp_path_factory):
     """``pip install ./plugins/deqh-example`` into a private target dir on sys.path."""

@@ -1,4 +1,4 @@
-"""Small real molecules for tests (Å)."""
+"""Small real molecules for tests (Å), and a small QHNet to run on them."""
 
 import numpy as np
 
@@ -26,4 +26,19 @@ CH3SCL = (
             [-0.36, 0.51, -0.89],
         ]
     ),
+)
+
+# a QHNet of a few thousand parameters (its hidden irreps reach l = 2, def2-SVP's d shells)
+QHNET_SMALL = dict(
+    l_max=2,
+    channels=8,
+    bottleneck=4,
+    layers=2,
+    interaction_layers=1,
+    num_rbf=8,
+    radial_hidden=8,
+    filter_irreps="8x0e+4x1o+4x2e",
+    filter_channels=4,
+    attention_heads=2,
+    filter_radial_hidden=8,
 )

@@ -32,22 +32,7 @@ DEVICES = [pytest.param("cpu", id="cpu"), pytest.param("cuda", marks=[pytest.mar
 CANDIDATES = [pytest.param("fused"), pytest.param("cueq", marks=CUEQ)]
 DTYPES = [pytest.param(torch.float32, id="f32"), pytest.param(torch.float64, id="f64")]
 TOLERANCE = {torch.float32: dict(rtol=1e-4, atol=1e-5), torch.float64: dict(rtol=1e-9, atol=1e-11)}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _pair(make, backend: str, device: str, dtype: torch.dtype):

@@ -18,22 +18,10 @@ from deqh_core.prior import InitialGuess, PriorCache, PriorResidual, prior_matri
 from deqh_core.recipe import Recipe
 from deqh_core.solver import Blocks, Capabilities
 from deqh_core.testing import check_backbone
-from tests.molecules import METHANOL, WATER
+from tests.molecules import METHANOL, QHNET_SMALL, WATER
 
 LAYOUT = AOLayout("def2-svp", [1, 6, 8])
-SMALL = dict(
-    l_max=2,
-    channels=8,
-    bottleneck=4,
-    layers=2,
-    interaction_layers=1,
-    num_rbf=8,
-    radial_hidden=8,
-    filter_irreps="8x0e+4x1o+4x2e",
-    filter_channels=4,
-    attention_heads=2,
-    filter_radial_hidden=8,
-)
+SMALL = QHNET_SMALL
 
 
 def _pyscf_mol(z, pos):

@@ -28,40 +28,13 @@ from deqh_core.ops import active_backends, cueq_available, use_backend
 from deqh_core.plugins import get_backbone
 from deqh_core.testing import KIT_MOLECULES, check_backbone
 from deqh_core.train import Trainer
+from tests.molecules import QHNET_SMALL
 
-SMALL = dict(
-    l_max=2,
-    channels=8,
-    bottleneck=4,
-    layers=2,
-    interaction_layers=1,
-    num_rbf=8,
-    radial_hidden=8,
-    filter_irreps="8x0e+4x1o+4x2e",
-    filter_channels=4,
-    attention_heads=2,
-    filter_radial_hidden=8,
-)
+SMALL = QHNET_SMALL
+
 LAYOUT = AOLayout("def2-svp", [1, 6, 8])
 FIXED = DEQConfig(f_solver="fixed_point_iter", f_max_iter=3, b_max_iter=3, f_tol=1e-30)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: a second thread only adds synchronisation (and on a busy
-    machine, much waiting)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture
-def float64():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _item(name: str, transform=None, mol_id: int = 0):

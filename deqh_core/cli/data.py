@@ -16,6 +16,13 @@ from deqh_core.recipe import Recipe
 data_app = typer.Typer(help="Make and inspect Hamiltonian data sets.", no_args_is_help=True)
 
 _DEFAULT = {name: field.default for name, field in Recipe.model_fields.items()}
+# the labelling recipe's options, shared by `data generate` and `data qh9`
+XcOption = Annotated[str, typer.Option(help="PySCF functional (b3lyp5 = QH9's B3LYP).")]
+BasisOption = Annotated[str, typer.Option(help="PySCF basis set name.")]
+GridOption = Annotated[int, typer.Option(help="PySCF DFT grid level, 0-9.")]
+ConvTolOption = Annotated[float, typer.Option(help="SCF energy tolerance, Hartree.")]
+ConvTolGradOption = Annotated[float, typer.Option(help="SCF orbital-gradient tolerance, Hartree.")]
+MaxCycleOption = Annotated[int, typer.Option(help="SCF cycles before a molecule counts as failed.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -74,22 +81,12 @@ def data_generate(
         float, typer.Option(min=0.0, help="Std. dev. of the Gaussian noise per coordinate, Å.")
     ] = 0.0,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the perturbations.")] = 0,
-    xc: Annotated[str, typer.Option(help="PySCF functional (b3lyp5 = QH9's B3LYP).")] = _DEFAULT[
-        "xc"
-    ],
-    basis: Annotated[str, typer.Option(help="PySCF basis set name.")] = _DEFAULT["basis"],
-    grid_level: Annotated[int, typer.Option(help="PySCF DFT grid level, 0-9.")] = _DEFAULT[
-        "grid_level"
-    ],
-    conv_tol: Annotated[float, typer.Option(help="SCF energy tolerance, Hartree.")] = _DEFAULT[
-        "conv_tol"
-    ],
-    conv_tol_grad: Annotated[
-        float, typer.Option(help="SCF orbital-gradient tolerance, Hartree.")
-    ] = _DEFAULT["conv_tol_grad"],
-    max_cycle: Annotated[
-        int, typer.Option(help="SCF cycles before a molecule counts as failed.")
-    ] = _DEFAULT["max_cycle"],
+    xc: XcOption = _DEFAULT["xc"],
+    basis: BasisOption = _DEFAULT["basis"],
+    grid_level: GridOption = _DEFAULT["grid_level"],
+    conv_tol: ConvTolOption = _DEFAULT["conv_tol"],
+    conv_tol_grad: ConvTolGradOption = _DEFAULT["conv_tol_grad"],
+    max_cycle: MaxCycleOption = _DEFAULT["max_cycle"],
     charge: Annotated[int, typer.Option(help="Molecular charge, e.")] = _DEFAULT["charge"],
     spin: Annotated[
         int, typer.Option(help="2S = N_alpha - N_beta; only 0 (closed shell) for now.")
@@ -185,22 +182,12 @@ def data_qh9(
         bool,
         typer.Option("--list", help="Print the selected QH9-stable ids, one a line; label none."),
     ] = False,
-    xc: Annotated[str, typer.Option(help="PySCF functional (b3lyp5 = QH9's B3LYP).")] = _DEFAULT[
-        "xc"
-    ],
-    basis: Annotated[str, typer.Option(help="PySCF basis set name.")] = _DEFAULT["basis"],
-    grid_level: Annotated[int, typer.Option(help="PySCF DFT grid level, 0-9.")] = _DEFAULT[
-        "grid_level"
-    ],
-    conv_tol: Annotated[float, typer.Option(help="SCF energy tolerance, Hartree.")] = _DEFAULT[
-        "conv_tol"
-    ],
-    conv_tol_grad: Annotated[
-        float, typer.Option(help="SCF orbital-gradient tolerance, Hartree.")
-    ] = _DEFAULT["conv_tol_grad"],
-    max_cycle: Annotated[
-        int, typer.Option(help="SCF cycles before a molecule counts as failed.")
-    ] = _DEFAULT["max_cycle"],
+    xc: XcOption = _DEFAULT["xc"],
+    basis: BasisOption = _DEFAULT["basis"],
+    grid_level: GridOption = _DEFAULT["grid_level"],
+    conv_tol: ConvTolOption = _DEFAULT["conv_tol"],
+    conv_tol_grad: ConvTolGradOption = _DEFAULT["conv_tol_grad"],
+    max_cycle: MaxCycleOption = _DEFAULT["max_cycle"],
     workers: Annotated[int, typer.Option(min=1, help="Processes, one molecule each.")] = 1,
     shard: Annotated[
         str | None,

@@ -109,14 +109,7 @@ class MD17Reader:
     def structures(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """``(id, atomic_numbers [n], positions [n, 3] Å)`` of every row, ascending id, without
         reading the matrices."""
-        rows = self._read(lambda: self._db.select(sort="id", include_data=False), "reading rows")
-        while True:
-            try:
-                row = next(rows)
-            except StopIteration:
-                return
-            except _READ_ERRORS as err:
-                raise DataError(f"{self.path}: unreadable row ({err})") from None
+        for row in self._rows(include_data=False):
             z = np.asarray(row.numbers, dtype=np.int64)
             yield int(row.id), z, np.asarray(row.positions, dtype=np.float64).reshape(len(z), 3)
 
@@ -130,15 +123,21 @@ class MD17Reader:
         return self._record(row)
 
     def __iter__(self) -> Iterator[MoleculeRecord]:
-        rows = self._read(lambda: self._db.select(sort="id"), "reading rows")
+        for row in self._rows():
+            yield self._record(row)
+
+    def _rows(self, include_data: bool = True):
+        """ASE rows in id order; a damaged row is a ``DataError`` naming the file."""
+        rows = self._read(
+            lambda: self._db.select(sort="id", include_data=include_data), "reading rows"
+        )
         while True:
             try:
-                row = next(rows)
+                yield next(rows)
             except StopIteration:
                 return
             except _READ_ERRORS as err:
                 raise DataError(f"{self.path}: unreadable row ({err})") from None
-            yield self._record(row)
 
     @property
     def recipe(self) -> dict:
