@@ -83,6 +83,20 @@ def test_ablate_trains_four_variants_resumes_and_reports(ablation):
     assert "optim.max_steps: 2 then, 3 now" in other.output
 
 
+def test_ablate_adds_priors_to_the_same_table(ablation):
+    """--prior trains the variants again on a prior H0, beside the runs without one."""
+    out, _ = ablation
+    result = _ablate(out, "--steps", "2", "--prior", "none", "--prior", "1e", "--variant", "qhnet")
+    assert result.exit_code == 0, result.output
+    assert "qhnet: done, skipped" in result.output and "qhnet+1e: training" in result.output
+    saved = json.loads((out / "qhnet+1e" / "eval.json").read_text())
+    assert saved["model"]["prior"] == "1e" and saved["step"] == 2
+    rows = [line for line in (out / "ablation.md").read_text().splitlines() if "| QHNet |" in line]
+    assert [row.split("|")[4].strip() for row in rows] == ["none", "1e"]
+    bad = _ablate(out, "--steps", "2", "--prior", "dft")
+    assert bad.exit_code == 1 and "unknown prior" in bad.output
+
+
 def test_ablate_refuses_an_empty_split_and_charges_killed_time(example_plugin, tmp_path):
     result = _ablate(tmp_path / "a", "--steps", "1", "--set", "data.sizes=12/4/0")
     assert result.exit_code == 1 and "leaves the test split empty" in result.output
