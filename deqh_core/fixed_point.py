@@ -32,6 +32,7 @@ def per_molecule_fixed_point(
     stop_mode: str = "abs",
     tau: float = 1.0,
     check_every: int = 1,
+    indexing: list[int] | None = None,
     **_ignored,
 ) -> tuple[torch.Tensor, list, SolverStat]:
     """Find ``x = f(x)`` row by row.
@@ -44,19 +45,20 @@ def per_molecule_fixed_point(
             (``abs / |f(x)|``) residual is below ``tol``.
         tau: damping, ``x <- tau f(x) + (1 - tau) x``.
         check_every: evaluations between tests whether every row has stopped (host syncs).
+        indexing: evaluations whose estimates torchdeq's ``indexing`` core samples.
 
     Returns:
-        ``(estimate [B, L], [], stats)``: per row the iterate with the lowest residual until it
-        stopped; ``stats`` as torchdeq's solvers give them (``abs_lowest``, ``rel_lowest``,
-        ``nstep`` per row and the traces ``[B, n]``, whose entries after a row stopped repeat
-        its final residual).
+        ``(estimate [B, L], states, stats)``: per row the iterate with the lowest residual until
+        it stopped; the estimates at ``indexing`` (at least the final one when asked); ``stats``
+        as torchdeq's solvers give them (``abs_lowest``, ``rel_lowest``, ``nstep`` per row and
+        the traces ``[B, n]``, whose entries after a row stopped repeat its final residual).
     """
     batch = x0.shape[0]
     inf = torch.full((batch,), float("inf"), dtype=x0.dtype, device=x0.device)
     best, low_abs, low_rel = x0, inf, inf
     nstep = torch.zeros(batch, dtype=x0.dtype, device=x0.device)
     done = torch.zeros(batch, dtype=torch.bool, device=x0.device)
-    abs_trace, rel_trace = [], []
+    abs_trace, rel_trace, states = [], [], []
     x = x0
     for k in range(max_iter):
         fx = func(x)
@@ -77,8 +79,12 @@ def per_molecule_fixed_point(
         rel_trace.append(torch.where(done, low_rel, rel_diff))
         done = done | ~finite | (residual < tol)
         x = torch.where(done[:, None], best, fx)
+        if indexing and k + 1 in indexing:
+            states.append(best)
         if (k + 1) % check_every == 0 and k + 1 < max_iter and bool(done.all()):
             break
+    if indexing and not states:
+        states.append(best)
     stats = SolverStat(
         abs_lowest=low_abs,
         rel_lowest=low_rel,
@@ -86,7 +92,7 @@ def per_molecule_fixed_point(
         rel_trace=torch.stack(rel_trace, dim=1),
         nstep=nstep,
     )
-    return best, [], stats
+    return best, states, stats
 
 
 register_solver(NAME, per_molecule_fixed_point)

@@ -306,8 +306,9 @@ def unrolled_grad(batch):
         {"grad": "implicit"},
         {"grad": "implicit", "f_solver": "anderson", "b_solver": "anderson", "core": "indexing"},
         {"grad": "phantom", "phantom_steps": 80},
+        {"grad": "phantom", "phantom_steps": 80, "core": "indexing"},
     ],
-    ids=["ift-fixed-point", "ift-anderson-indexing", "phantom-80"],
+    ids=["ift-fixed-point", "ift-anderson-indexing", "phantom-80", "phantom-80-indexing"],
 )
 def test_gradient_matches_unrolled_iteration(batch, unrolled_grad, settings):
     config = DEQConfig(f_max_iter=200, f_tol=1e-13, b_max_iter=200, b_tol=1e-13, **settings)
