@@ -307,7 +307,7 @@ def initial_guess_transform(
     if transform is not None and getattr(dataset, "path", None) is not None:
         transform.cache = PriorCache(dataset.path, transform.recipe, transform.kind)
         workers = loaded.config.data.prior_workers or os.cpu_count() or 1
-        transform.cache.fill(dataset.records(), workers, progress)
+        transform.cache.fill(dataset.structures(), workers, progress)
     return transform
 
 

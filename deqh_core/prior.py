@@ -139,22 +139,23 @@ class PriorCache:
         """Wall time each stored ``H0`` took to compute, by molecule id."""
         return dict(self.db.execute("SELECT id, seconds FROM h0").fetchall())
 
-    def fill(self, records: Iterable, workers: int = 1, progress: bool = True) -> int:
-        """Compute and store ``H0`` of every record (``id``, ``atomic_numbers``, ``positions``
-        in Å) not yet here, in ``workers`` processes; returns how many were computed."""
+    def fill(self, structures: Iterable, workers: int = 1, progress: bool = True) -> int:
+        """Compute and store ``H0`` of every molecule ``(id, atomic_numbers [n], positions
+        [n, 3] Å)`` of ``structures`` not yet here, in ``workers`` processes; returns how many
+        were computed."""
         from deqh_core.parallel import map_unordered
         from deqh_core.progress import tracked
 
-        todo = [r for r in records if self.get(r.id, r.atomic_numbers, r.positions) is None]
-        if not todo:
+        geometry = {i: (z, pos) for i, z, pos in structures if self.get(i, z, pos) is None}
+        if not geometry:
             return 0
-        geometry = {r.id: (r.atomic_numbers, r.positions) for r in todo}
-        jobs = ((self.recipe, self.kind, r.id, r.atomic_numbers, r.positions) for r in todo)
-        with tracked(f"prior {self.kind} H0", len(todo), progress) as advance:
+        todo = len(geometry)
+        jobs = ((self.recipe, self.kind, i, z, pos) for i, (z, pos) in geometry.items())
+        with tracked(f"prior {self.kind} H0", todo, progress) as advance:
             for mol_id, h0, seconds in map_unordered(_timed, jobs, workers):
                 self.put(mol_id, *geometry[mol_id], h0, seconds)
                 advance()
-        return len(todo)
+        return todo
 
 
 def _writable(folder: Path) -> bool:

@@ -180,7 +180,7 @@ class Trainer:
             if self.rank == 0:
                 ids = self.split.train + self.split.val
                 workers = d.prior_workers or os.cpu_count() or 1
-                guess.cache.fill(dataset.records(ids), workers, config.run.progress)
+                guess.cache.fill(dataset.structures(ids), workers, config.run.progress)
             _barrier(self.world)
         sets = [
             HamiltonianDataset(
@@ -201,7 +201,8 @@ class Trainer:
         self.val_loader = DataLoader(
             self.val_set, batch_size=d.val_batch_size or d.batch_size, **self._loader_options()
         )
-        self.domain = TrainingDomain.from_structures(self.train_set.structures(), recipe.charge)
+        structures = ((z, pos) for _, z, pos in self.train_set.structures())
+        self.domain = TrainingDomain.from_structures(structures, recipe.charge)
         self.model = HamiltonianModel(config.model, self.layout, config.deq)
         self.model.to(self.device, self.dtype)
         self.net = self.model

@@ -65,7 +65,7 @@ def test_checkpoint_records_recipe_identity_and_domain(run):
     assert data["molecules"] == 200 and len(data["checksum"]) == 64
     # the domain summarises the training part only, as recomputed here from its ids
     dataset = HamiltonianDataset(run / "data" / "we.db", ids=state["split"]["train"])
-    z_pos = list(dataset.structures())
+    z_pos = [(z, pos) for _, z, pos in dataset.structures()]
     expected = TrainingDomain.from_structures(z_pos)
     assert state["domain"] == expected.as_dict()
     nn = min(

@@ -235,17 +235,13 @@ class HamiltonianDataset(Dataset):
         in order, read one at a time."""
         return (self.reader.get(i) for i in (self.ids if ids is None else ids))
 
-    def structures(self):
-        """``(atomic_numbers [n], positions [n, 3] Å)`` of this dataset's molecules (file
-        order), without reading their matrices."""
-        reader = self.reader
-        if not hasattr(reader, "structures"):
-            yield from ((r.atomic_numbers, r.positions) for r in self.records())
-            return
-        wanted = set(self.ids)
-        for mol_id, z, pos in reader.structures():
+    def structures(self, ids=None):
+        """``(id, atomic_numbers [n], positions [n, 3] Å)`` of ``ids`` (default: this
+        dataset's) in file order, without reading their matrices."""
+        wanted = set(self.ids if ids is None else ids)
+        for mol_id, z, pos in self.reader.structures():
             if mol_id in wanted:
-                yield z, pos
+                yield mol_id, z, pos
 
     def identity(self) -> dict:
         """The file's identity and its labels' recipe
