@@ -430,7 +430,7 @@ class _Recorder:
         return z_next
 
 
-def _nonfinite_message(config: DEQConfig, abs_trace: torch.Tensor, batch) -> str:
+def nonfinite_message(config: DEQConfig, abs_trace: torch.Tensor, batch) -> str:
     """What to tell the user about the molecules whose iterates were not finite."""
     bad_rows = ~torch.isfinite(abs_trace).all(dim=1)
     bad = bad_rows.nonzero().flatten().tolist()
@@ -556,7 +556,7 @@ class DEQHamiltonianSolver(nn.Module):
             self.deq.train(was_training)
         diagnostics = self._diagnostics(func, info, state.n_molecules)
         if diagnostics.nonfinite and config.on_failure == "raise":
-            raise DEQFailure(_nonfinite_message(config, diagnostics.abs_trace, batch))
+            raise DEQFailure(nonfinite_message(config, diagnostics.abs_trace, batch))
         if train_graph and func.grad_step is not None:
             z_in, z_next = func.grad_step
             residual = state.unpack(z_next - z_in)

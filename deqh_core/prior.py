@@ -109,18 +109,20 @@ class PriorCache:
         """The stored ``H0`` of this molecule, or None if absent or computed for another
         geometry (positions compared to 1e-4 Å, float32 items included)."""
         row = self.db.execute("SELECT z, pos, h0 FROM h0 WHERE id = ?", (int(mol_id),)).fetchone()
-        if row is None:
-            return None
-        z = np.frombuffer(row[0], dtype="<i4")
-        pos = np.frombuffer(row[1], dtype="<f8").reshape(-1, 3)
-        given_z = np.asarray(atomic_numbers).reshape(-1)
-        given_pos = np.asarray(positions, dtype=np.float64)
-        if z.shape != given_z.shape or (z != given_z).any() or pos.shape != given_pos.shape:
-            return None
-        if np.abs(pos - given_pos).max(initial=0.0) > 1e-4:
+        if row is None or not _same_geometry(row[0], row[1], atomic_numbers, positions):
             return None
         n = round((len(row[2]) // 8) ** 0.5)
         return np.frombuffer(row[2], dtype="<f8").reshape(n, n).copy()  # writable
+
+    def missing(self, structures: Iterable) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """``{id: (atomic_numbers, positions)}`` of the molecules ``(id, Z, positions)`` whose
+        ``H0`` is not stored for that geometry (reads the stored geometries, not the H0)."""
+        stored = {i: (z, pos) for i, z, pos in self.db.execute("SELECT id, z, pos FROM h0")}
+        return {
+            i: (z, pos)
+            for i, z, pos in structures
+            if i not in stored or not _same_geometry(*stored[i], z, pos)
+        }
 
     def put(self, mol_id: int, atomic_numbers, positions, h0: np.ndarray, seconds: float) -> None:
         with self.db:
@@ -139,23 +141,41 @@ class PriorCache:
         """Wall time each stored ``H0`` took to compute, by molecule id."""
         return dict(self.db.execute("SELECT id, seconds FROM h0").fetchall())
 
-    def fill(self, structures: Iterable, workers: int = 1, progress: bool = True) -> int:
+    def fill(
+        self, structures: Iterable, workers: int = 1, progress: bool = True, shard=(0, 1)
+    ) -> int:
         """Compute and store ``H0`` of every molecule ``(id, atomic_numbers [n], positions
-        [n, 3] Å)`` of ``structures`` not yet here, in ``workers`` processes; returns how many
-        were computed."""
+        [n, 3] Å)`` of ``structures`` not yet here (those with ``id % N == i`` for ``shard=(i,
+        N)``), in ``workers`` processes; returns how many were computed."""
         from deqh_core.parallel import map_unordered
         from deqh_core.progress import tracked
 
-        geometry = {i: (z, pos) for i, z, pos in structures if self.get(i, z, pos) is None}
-        if not geometry:
+        i, n = shard
+        todo = {k: v for k, v in self.missing(structures).items() if k % n == i}
+        if not todo:
             return 0
-        todo = len(geometry)
-        jobs = ((self.recipe, self.kind, i, z, pos) for i, (z, pos) in geometry.items())
-        with tracked(f"prior {self.kind} H0", todo, progress) as advance:
+        jobs = ((self.recipe, self.kind, k, z, pos) for k, (z, pos) in todo.items())
+        with tracked(f"prior {self.kind} H0", len(todo), progress) as advance:
             for mol_id, h0, seconds in map_unordered(_timed, jobs, workers):
-                self.put(mol_id, *geometry[mol_id], h0, seconds)
+                self.put(mol_id, *todo[mol_id], h0, seconds)
                 advance()
-        return todo
+        return len(todo)
+
+    def wait(self, structures: list, poll_s: float = 10.0) -> None:
+        """Return once every molecule of ``structures`` has its ``H0`` here (other processes,
+        e.g. the other ranks of a distributed run, fill their shares meanwhile)."""
+        while self.missing(structures):
+            time.sleep(poll_s)
+
+
+def _same_geometry(z_blob: bytes, pos_blob: bytes, atomic_numbers, positions) -> bool:
+    z = np.frombuffer(z_blob, dtype="<i4")
+    pos = np.frombuffer(pos_blob, dtype="<f8").reshape(-1, 3)
+    given_z = np.asarray(atomic_numbers).reshape(-1)
+    given_pos = np.asarray(positions, dtype=np.float64)
+    if z.shape != given_z.shape or (z != given_z).any() or pos.shape != given_pos.shape:
+        return False
+    return bool(np.abs(pos - given_pos).max(initial=0.0) <= 1e-4)
 
 
 def _writable(folder: Path) -> bool:

@@ -47,6 +47,7 @@ from deqh_core.data.splits import (
     size_ood_split,
     within_group_split,
 )
+from deqh_core.deq import DEQFailure, DEQHamiltonianSolver, nonfinite_message
 from deqh_core.device import resolve_device, to_device
 from deqh_core.domain import TrainingDomain
 from deqh_core.errors import DeqhError
@@ -130,13 +131,6 @@ def _distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 def agree(flags: list[bool], device: torch.device) -> list[bool]:
     """Each flag true on any rank (one ``all_reduce`` of them all); the flags themselves when
     not distributed. Every decision that ends the loop (deadline, non-finite loss) goes
@@ -172,16 +166,12 @@ class Trainer:
         self.identity = dataset.identity()  # the file and its labels' recipe, for checkpoints
         recipe = Recipe(**self.identity["recipe"])
         # a prior, or a DEQ started from a PySCF guess, needs H0 on every item: computed once
-        # per molecule, in parallel, into an on-disk cache the items then read
+        # per molecule into an on-disk cache the items then read (filled by fit())
         guess = InitialGuess.for_run(config, self.layout.basis, recipe.model_dump())
-        d = config.data
         if guess is not None:
             guess.cache = PriorCache(path, guess.recipe, guess.kind)
-            if self.rank == 0:
-                ids = self.split.train + self.split.val
-                workers = d.prior_workers or os.cpu_count() or 1
-                guess.cache.fill(dataset.structures(ids), workers, config.run.progress)
-            _barrier(self.world)
+        self.prior = guess
+        d = config.data
         sets = [
             HamiltonianDataset(
                 path,
@@ -205,6 +195,11 @@ class Trainer:
         self.domain = TrainingDomain.from_structures(structures, recipe.charge)
         self.model = HamiltonianModel(config.model, self.layout, config.deq)
         self.model.to(self.device, self.dtype)
+        if isinstance(self.model.net, DEQHamiltonianSolver):
+            # the solver reports a broken solve and the loop raises on every rank at once
+            # (a rank raising alone would leave the others waiting in a collective)
+            net = self.model.net
+            net.config = net.config.model_copy(update={"on_failure": "report"})
         self.net = self.model
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -295,6 +290,21 @@ class Trainer:
         self.step, self.best = state["step"], state["best"]
         set_rng_state(state["rng"])
 
+    def _fill_prior(self) -> None:
+        """Compute the missing ``H0`` of the train and val molecules into the prior cache:
+        every rank its share (``id % world == rank``) with ``data.prior_workers`` processes
+        shared out among the ranks, then wait until all are there (a file, not a collective:
+        filling QH9 can take longer than a collective's timeout)."""
+        if self.prior is None:
+            return
+        d = self.config.data
+        ids = self.split.train + self.split.val
+        structures = list(self.train_set.structures(ids))
+        workers = max((d.prior_workers or os.cpu_count() or 1) // self.world, 1)
+        progress = self.config.run.progress and self.rank == 0
+        self.prior.cache.fill(structures, workers, progress, shard=(self.rank, self.world))
+        self.prior.cache.wait(structures)
+
     # -- evaluation ------------------------------------------------------------------------
     def evaluation_model(self) -> HamiltonianModel:
         started = self.ema is not None and self.step > self.config.optim.ema_start_step
@@ -332,6 +342,7 @@ class Trainer:
                 "another --out (nothing was overwritten)"
             )
         lead = self.rank == 0
+        self._fill_prior()  # after the resume checks: never hours of H0 for the wrong data
         if lead:
             save_config(cfg, self.out / "config.yaml")
             self.split.to_json(self.out / "split.json")
@@ -356,22 +367,34 @@ class Trainer:
                 pred, diagnostics = self.net(batch)
                 loss = training_loss(pred, diagnostics, batch, cfg.deq.residual_weight)
                 # decided together: one rank stopping alone would leave the others waiting
-                nonfinite, late = agree(
-                    [not bool(torch.isfinite(loss)), bool(deadline and time.time() > deadline)],
+                broken = diagnostics is not None and diagnostics.failed
+                nonfinite, broken, late = agree(
+                    [
+                        not bool(torch.isfinite(loss)),
+                        broken and cfg.deq.on_failure == "raise",
+                        bool(deadline and time.time() > deadline),
+                    ],
                     self.device,
                 )
-                if nonfinite:
-                    raise DeqhError(
-                        f"loss is {loss.item()} at step {self.step}"
-                        f"{'' if self.world == 1 else ' on at least one rank'}; stopping"
+                where = "" if self.world == 1 else " on at least one rank"
+                if broken:
+                    raise DEQFailure(
+                        nonfinite_message(cfg.deq, diagnostics.abs_trace, batch)
+                        if diagnostics is not None and diagnostics.failed
+                        else f"DEQ forward solve failed at step {self.step}{where}; stopping"
                     )
+                if nonfinite:
+                    raise DeqhError(f"loss is {loss.item()} at step {self.step}{where}; stopping")
                 if late:
                     break
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                if cfg.optim.clip_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(
-                        self.model.parameters(), cfg.optim.clip_grad_norm
+                max_norm = cfg.optim.clip_grad_norm or float("inf")  # inf: measures, clips nothing
+                norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+                if agree([not bool(torch.isfinite(norm))], self.device)[0]:
+                    raise DEQFailure(
+                        f"non-finite gradient at step {self.step}{where} (e.g. the implicit "
+                        "gradient's backward solve diverged; try deq.grad=phantom); stopping"
                     )
                 self.optimizer.step()
                 self.scheduler.step()

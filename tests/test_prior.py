@@ -123,6 +123,7 @@ def test_cache_is_reused_and_keyed_by_recipe(tmp_path, monkeypatch, example_plug
     epoch, none in a second run; another recipe gets another cache."""
     from deqh_core.train import Trainer
 
+    monkeypatch.setenv("DEQH_CACHE", str(tmp_path / "cache"))  # not another test's H0
     calls = []
     real = prior_module.prior_matrix
 
@@ -150,7 +151,8 @@ def test_cache_is_reused_and_keyed_by_recipe(tmp_path, monkeypatch, example_plug
         return Trainer(config)
 
     first = trainer(tmp_path / "a")
-    assert len(calls) == 12  # train + val, once each
+    first._fill_prior()
+    assert len(calls) == 12  # train + val, once each, before the first step
     first.fit()  # 3 epochs of 2 batches, 2 validations
     assert len(calls) == 12
     trainer(tmp_path / "b").fit()

@@ -142,3 +142,22 @@ def test_deq_started_from_the_pyscf_core_hamiltonian(example_plugin, tmp_path):
     assert item.h0_kind == "1e" and item.h0_diag.shape == item.h_diag.shape
     result = trainer.fit(stop_at_step=2)
     assert result.step == 2 and result.last["deq_nfe"] >= 1
+
+
+def test_a_broken_deq_solve_stops_training_with_the_molecules_named(example_plugin, tmp_path):
+    """The solver only reports a non-finite iterate during training; the loop (every rank at
+    once, through ``agree``) raises, naming the molecules, and writes no checkpoint."""
+    from deqh_core.deq import DEQFailure
+
+    trainer = Trainer(_config(tmp_path / "run"))
+    backbone = trainer.model.net.solver.backbone
+    forward = backbone.forward
+
+    def poisoned(batch, node, injection):
+        out = forward(batch, node, injection)
+        return type(out)(out.diag * float("nan"), out.off)
+
+    backbone.forward = poisoned
+    with pytest.raises(DEQFailure, match=r"non-finite Hamiltonian .*mol_id"):
+        trainer.fit()
+    assert not (tmp_path / "run" / "last.pt").exists()
