@@ -315,6 +315,7 @@ def resolved(config: TrainConfig) -> dict:
 RESUMABLE = frozenset(
     {
         "optim.max_steps",
+        "model.params.ops",  # every ops backend computes the same model (deqh_core.ops)
         "data.path",
         "data.num_workers",
         "data.cache",
@@ -352,7 +353,7 @@ FLAGS = {
 def _flat(values: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in values.items():
-        if isinstance(value, dict) and value and not prefix.startswith("model.params"):
+        if isinstance(value, dict) and value:
             out |= _flat(value, f"{prefix}{key}.")
         else:
             out[f"{prefix}{key}"] = value

@@ -119,12 +119,16 @@ def load_model(
     device: str = "cpu",
     ema: bool | None = None,
     model: HamiltonianModel | None = None,
+    ops: str | None = "auto",
 ) -> LoadedModel:
     """Rebuild the model of a ``deqh train`` checkpoint (``last.pt`` / ``best.pt``).
 
     Args:
         checkpoint: the checkpoint file.
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
+        ops: the equivariant-ops backend (:mod:`deqh_core.ops`) of a backbone that has one,
+            whatever the run trained with (they compute the same model): ``auto`` (the
+            fastest here), ``fused``, ``e3nn``, ``cueq``; None keeps the run's.
         ema: use the EMA weights (``None``: when the run used EMA and averaging had started,
             as its validation did; ``True`` with a run without EMA is an error).
         model: an already built model of the checkpoint's ``describe`` (e.g. the trainer's
@@ -150,6 +154,13 @@ def load_model(
         config = load_config(None, None, state["config"])
     except (ConfigError, KeyError, TypeError) as err:
         raise CheckpointError(f"{path}: the checkpoint's config does not validate: {err}") from None
+    if ops is not None:
+        from deqh_core.plugins import get_backbone
+
+        if "ops" in get_backbone(config.model.backbone).config.model_fields:
+            params = {**config.model.params, "ops": ops}
+            model_config = config.model.model_copy(update={"params": params})
+            config = config.model_copy(update={"model": model_config})
     describe = {"prior": "none", **state["describe"]}  # checkpoints from before priors
     try:
         layout = AOLayout(describe["basis"], describe["elements"])

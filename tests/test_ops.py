@@ -134,6 +134,9 @@ def test_channel_tensor_product(device, dtype, backend, shared):
         ("4x0e+3x1o+2x0e+2x2e", "5x0e+2x1o+1x0e+2x3o", True, True),
         ("4x0e+3x1o+2x2e", "5x0e+2x1o+3x2e", True, False),
         ("4x0e+3x1o+2x2e+2x1e", "2x0e+2x1o+1x2e+3x1e", False, False),  # the heads
+        # odd scalars beside even ones: biases belong to 0e alone
+        ("4x0e+3x0o+2x1o", "2x0e+3x0o+2x1o", True, True),
+        ("4x0e+3x0o+2x1o", "2x0e+2x0o+2x1o", False, True),
     ],
 )
 def test_linear(device, dtype, backend, irreps_in, irreps_out, shared, biases):

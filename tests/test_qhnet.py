@@ -264,3 +264,32 @@ def test_checkpoint_trained_with_fused_evaluates_identically_with_e3nn(tmp_path)
     torch.testing.assert_close(fused.diag, e3nn.diag, rtol=1e-9, atol=1e-10)
     torch.testing.assert_close(fused.off, e3nn.off, rtol=1e-9, atol=1e-10)
     assert nfe_fused == nfe_e3nn
+
+
+def test_a_checkpoint_loads_with_any_ops_backend_and_resumes_with_another(tmp_path):
+    """The backend a run trained with is not part of the model: ``load_model`` uses ``auto``
+    (fused on a CPU) unless told, and ``--resume`` may switch it."""
+    from deqh_core.config import resume_config
+
+    values = {
+        "model": {"backbone": "qhnet", "params": SMALL | {"ops": "e3nn"}},
+        "data": {"batch_size": 2, "sizes": "4/2/0"},
+        "optim": {"max_steps": 1, "warmup_steps": 1},
+        "run": {"out": str(tmp_path), "dtype": "float64", "progress": False},
+    }
+    Trainer(load_config(None, None, values)).fit()
+    batch = Batch.from_data_list([_item("water")])
+    used = {}
+    for ops in ("auto", None):
+        loaded = load_model(tmp_path / "last.pt", ops=ops)
+        with torch.no_grad():
+            loaded.model(batch)
+        used[ops] = set(active_backends(loaded.model))
+    assert used == {"auto": {"fused"}, None: {"e3nn"}}
+    config, changes = resume_config(
+        load_config(None, None, values).model_dump(mode="json"),
+        [{"model": {"params": {"ops": "fused"}}}],
+        tmp_path,
+    )
+    assert config.model.params["ops"] == "fused"
+    assert changes == [("model.params.ops", "e3nn", "fused")]

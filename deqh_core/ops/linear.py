@@ -120,13 +120,14 @@ class FusedLinear(nn.Module):
         produced = 0  # columns of the concatenated per-type results, [C_out, dim] each
         gather = torch.full((irreps_out.dim,), -1, dtype=torch.long)
         for ir, inputs, c_in, c_out in _type_blocks(self):
-            self.paths.append((inputs, ir.dim, c_in, c_out, 1.0 / math.sqrt(c_in)))
+            scalar = ir == o3.Irrep("0e")  # the only type with biases (0o is odd: none)
+            self.paths.append((inputs, ir.dim, c_in, c_out, 1.0 / math.sqrt(c_in), scalar))
             for k, (_, ir_out) in enumerate(irreps_out):
                 if ir_out == ir:
                     width = out_slices[k].stop - out_slices[k].start
                     gather[out_slices[k]] = torch.arange(produced, produced + width)
                     produced += width
-        self.weight_sizes = [c_in * c_out for _, _, c_in, c_out, _ in self.paths]
+        self.weight_sizes = [c_in * c_out for _, _, c_in, c_out, _, _ in self.paths]
         self.zero_outputs = bool((gather < 0).any())
         gather[gather < 0] = produced  # a zero column appended after the results
         self.register_buffer("gather", gather)
@@ -140,7 +141,7 @@ class FusedLinear(nn.Module):
         pieces = torch.split(x, self.in_sizes, dim=1) if len(self.in_sizes) > 1 else (x,)
         weights = torch.split(weight, self.weight_sizes, dim=-1) if self.paths else ()
         outs = []
-        for (inputs, dim, c_in, c_out, scale), w in zip(self.paths, weights):
+        for (inputs, dim, c_in, c_out, scale, scalar), w in zip(self.paths, weights):
             parts = [pieces[i].view(n, -1, dim) for i in inputs]
             xt = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # [n, C_in, dim]
             # components become rows: [n * dim, C_in] @ [C_in, C_out]
@@ -151,7 +152,7 @@ class FusedLinear(nn.Module):
                 y = torch.bmm(rows, w.view(n, c_in, c_out)) * scale
             if dim == 1:
                 y = y.view(n, c_out)
-                if bias is not None:
+                if bias is not None and scalar:
                     y = y + bias
             else:
                 y = y.view(n, dim, c_out).transpose(1, 2).reshape(n, c_out * dim)
