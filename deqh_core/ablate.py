@@ -150,19 +150,24 @@ def _check_settings(out: Path, settings: dict) -> None:
 
 
 def _check_split(base: TrainConfig, split: str) -> None:
-    """Refuse an evaluation split that ``data.sizes`` leaves empty before anything trains."""
-    parts = str(base.data.sizes).split("/")
-    index = {"train": 0, "val": 1, "test": 2}.get(split)
-    if base.data.split == "random" and index is not None and len(parts) == 3:
-        try:
-            empty = float(parts[index]) == 0
-        except ValueError:
-            return  # the trainer reports malformed sizes
-        if empty:
-            raise AblationError(
-                f"data.sizes={base.data.sizes!r} leaves the {split} split empty: the variants "
-                "could not be evaluated on it; choose another --split or other sizes"
-            )
+    """Refuse an evaluation split the run's data and split leave empty, before anything
+    trains (the split is made as the trainer makes it: from atom counts and ids, cheap)."""
+    if split == "all":
+        return
+    from deqh_core.data.dataset import BUNDLED, HamiltonianDataset
+    from deqh_core.train import make_split
+
+    path = base.data.path or BUNDLED
+    if not Path(path).is_file():
+        return  # the trainer names the missing file
+    parts = make_split(HamiltonianDataset(path, basis=base.data.basis), base.data)
+    if not getattr(parts, split):
+        sizes = "/".join(str(len(getattr(parts, k))) for k in ("train", "val", "test"))
+        raise AblationError(
+            f"{path} with data.split={base.data.split!r} leaves the {split} split empty "
+            f"(train/val/test {sizes}): the variants could not be evaluated on it; choose "
+            "another --split"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
