@@ -61,6 +61,16 @@ class LoadedModel:
     def step(self) -> int:
         return int(self.checkpoint.get("step", 0))
 
+    def report_deq_failures(self) -> None:
+        """Let a DEQ model report a molecule whose iterate was not finite (flagged in its
+        diagnostics, the rest of the batch kept) instead of raising: for predictions, which
+        flag such molecules. Evaluation keeps the error, which names the molecules."""
+        from deqh_core.deq import DEQHamiltonianSolver
+
+        net = self.model.net
+        if isinstance(net, DEQHamiltonianSolver):
+            net.config = net.config.model_copy(update={"on_failure": "report"})
+
     @property
     def domain(self):
         """The :class:`~deqh_core.domain.TrainingDomain` recorded (None before format 2)."""

@@ -258,6 +258,7 @@ def predict_frames(
     from deqh_core.orbitals import occupied_count, solve
     from deqh_core.progress import tracked
 
+    loaded.report_deq_failures()  # one broken molecule is flagged, not the whole batch lost
     recipe = recipe or loaded.recipe()[0]
     if charge is not None and charge != recipe.charge:
         recipe = recipe.model_copy(update={"charge": int(charge)})
@@ -301,8 +302,12 @@ def predict_frames(
                 h = hams[b].cpu().numpy()
                 h = (h + h.T) / 2
                 s = overlaps[b].cpu().numpy()
+                finite = bool(np.isfinite(h).all())  # a DEQ that broke down: flagged below
                 try:
-                    eps, c = solve(h, s)
+                    if finite:
+                        eps, c = solve(h, s)
+                    else:
+                        eps, c = np.full(len(h), np.nan), np.full(h.shape, np.nan)
                 except DeqhError as err:
                     raise type(err)(f"{path}: frame {i}: {err}") from None
                 p = Prediction(
@@ -323,8 +328,8 @@ def predict_frames(
                 if diagnostics is not None:
                     p.deq_nstep = int(diagnostics.nstep[b])
                     p.deq_residual = float(diagnostics.abs_residual[b])
-                    p.deq_converged = bool(diagnostics.converged[b])
-                if check:
+                    p.deq_converged = bool(diagnostics.converged[b]) and finite
+                if check and finite:
                     from deqh_core.scf import commutator_error
 
                     p.commutator = commutator_error(

@@ -574,6 +574,7 @@ class Predictor:
         self.name = f"{describe['backbone']}{' (DEQ)' if describe['deq'] else ''}"
         self.recipe = recipe
         self.prior_seconds = 0.0  # what the last item's prior H0 took to build, s
+        self.loaded.report_deq_failures()  # a broken molecule is flagged as unconverged
 
     def item(self, atomic_numbers: np.ndarray, positions: np.ndarray, label=None):
         """The PyG item of a molecule (``label`` ``[n_ao, n_ao]`` PySCF order, or None), with
@@ -620,6 +621,8 @@ class Predictor:
         with torch.no_grad():
             pred, diagnostics = self.model(batch)
             flat = assemble(pred.diag, pred.off, batch)
+        if flat.is_cuda:
+            torch.cuda.synchronize(flat.device)  # the clock stops when the GPU has finished
         seconds = time.perf_counter() - t0
         n = int(batch.n_ao.reshape(-1)[0])
         h = flat.view(n, n).double().cpu().numpy()

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from ase.build import molecule
 from typer.testing import CliRunner
 
@@ -134,6 +135,36 @@ def test_two_close_atoms_with_a_deq_model_exit_nonzero(example_plugin, inputs, t
     assert result.exit_code == 1, result.output
     assert "UNCONVERGED: " in result.output and "0.050 Å" in result.output
     assert "False" in (tmp_path / "p" / "summary.csv").read_text()
+
+
+def test_a_molecule_whose_deq_breaks_down_is_flagged_beside_good_ones(
+    example_plugin, inputs, tmp_path
+):
+    """A non-finite iterate for methanol: it is flagged as unconverged (its estimate stays the
+    last finite one), water beside it in the same batch is predicted as alone."""
+    from deqh_core.predict import predict_frames, prepare
+    from deqh_core.solver import Blocks
+
+    checkpoint = _train(tmp_path / "deq", deq=True)
+    xyz = [inputs["water"], inputs["methanol"]]
+    loaded, labels, _, frames, _ = prepare(checkpoint, xyz)
+    alone = predict_frames(loaded, frames[:1], recipe=labels)[0]
+    backbone = loaded.model.net.solver.backbone
+    forward = backbone.forward
+
+    def poisoned(batch, node, injection):
+        out = forward(batch, node, injection)
+        carbon = torch.zeros(batch.num_graphs, dtype=torch.bool).index_put(
+            (batch.batch,), batch.z == 6, accumulate=True
+        )[batch.batch]
+        return Blocks(torch.where(carbon[:, None, None], torch.nan, out.diag), out.off)
+
+    backbone.forward = poisoned
+    water, methanol = predict_frames(loaded, frames, recipe=labels)
+    assert methanol.deq_converged is False and methanol.unconverged
+    assert np.isfinite(methanol.hamiltonian).all()
+    assert water.deq_converged == alone.deq_converged
+    np.testing.assert_allclose(water.hamiltonian, alone.hamiltonian, atol=1e-10)
 
 
 def test_scf_uses_the_checkpoints_recipe_when_the_data_is_gone(example_plugin, inputs, tmp_path):
