@@ -20,8 +20,10 @@ Needs ``pip install 'deqh[qm9]'``. Time it on an idle machine (``/proc/loadavg``
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -86,6 +88,8 @@ def epoch(path: Path, n: int, workers: int, batch: int) -> dict:
     for b in batches:
         count += b.num_graphs
     seconds = time.perf_counter() - start
+    del batches, b  # shuts the persistent workers down: RUSAGE_CHILDREN counts ended children
+    gc.collect()
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     workers_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {"molecules": count, "seconds": seconds, "rss_mib": own, "worker_rss_mib": workers_peak}
@@ -183,6 +187,8 @@ def main() -> None:
         f"batch {args.model_batch}): {model:.2f} molecules/s"
     )
     print(f"loader with {args.workers} workers / model: {rates[args.workers] / model:.0f}x")
+    if args.dir is None:
+        shutil.rmtree(folder)  # the synthetic file is GBs; --dir keeps it
 
 
 if __name__ == "__main__":

@@ -146,7 +146,7 @@ def _check_settings(out: Path, settings: dict) -> None:
             )
         return
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(settings, indent=2) + "\n")  # nothing trained yet: (re)write
+    atomic_write(path, json.dumps(settings, indent=2) + "\n")  # nothing trained yet: (re)write
 
 
 def _check_split(base: TrainConfig, split: str) -> None:
@@ -187,7 +187,7 @@ def _remaining_minutes(run_dir: Path, minutes: float) -> float:
         saved = json.loads(path.read_text())
         spent = saved["spent_minutes"] + max(0.0, last.stat().st_mtime - saved["started"]) / 60
     run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"spent_minutes": spent, "started": time.time()}) + "\n")
+    atomic_write(path, json.dumps({"spent_minutes": spent, "started": time.time()}) + "\n")
     return minutes - spent
 
 

@@ -508,7 +508,7 @@ class DEQHamiltonianSolver(nn.Module):
         if diag is None or off is None:
             raise DEQSetupError(
                 f"DEQ init={self.config.init!r} needs the PySCF initial-guess blocks h0_diag / "
-                "h0_off on the batch; add deqh_core.deq.InitialGuess(recipe, "
+                "h0_off on the batch; add deqh_core.prior.InitialGuess(recipe, "
                 f"{self.config.init!r}) to the dataset's transforms, or use init='identity'"
             )
         kinds = getattr(batch, "h0_kind", None)  # a str on an item, a list on a PyG batch

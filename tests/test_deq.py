@@ -219,8 +219,13 @@ def test_a_broken_molecule_does_not_spoil_its_batch_mates(items):
 
     config = DEQConfig(f_max_iter=100, f_tol=1e-9, on_failure="report")
     both = Batch.from_data_list(items)
-    _, diag = DEQHamiltonianSolver(Poisoned(), config).eval()(both)
+    h_both, diag = DEQHamiltonianSolver(Poisoned(), config).eval()(both)
     assert diag.nonfinite and diag.converged.tolist() == [True, False]
+    water = Batch.from_data_list(items[:1])
+    h_alone, alone = DEQHamiltonianSolver(Poisoned(), config).eval()(water)
+    n = int(items[0].n_ao) ** 2
+    torch.testing.assert_close(_real(h_both, both)[:n], _real(h_alone, water), atol=1e-12, rtol=0)
+    assert alone.nstep[0] == diag.nstep[0]
     with pytest.raises(DEQFailure, match=r"mol_id \[1\]"):
         DEQHamiltonianSolver(Poisoned(), DEQConfig(f_max_iter=100, f_tol=1e-9)).eval()(both)
 

@@ -117,7 +117,10 @@ def scf_command(
         records = list(itertools.islice(dataset.records(), limit))
         note = f"{note}: {len(records)} molecule(s)"
         labels = labels_recipe(dataset.recipe, predictor.layout.basis)[0]
-        same = labels == recipe
+        # the labels are the reference when the recipe run makes the same Fock matrix
+        # (SCF limits such as --max-cycle do not change it)
+        physics = ("xc", "basis", "grid_level", "charge", "spin")
+        same = all(getattr(labels, k) == getattr(recipe, k) for k in physics)
         for r in records:
             label = r.hamiltonian if same else None
             molecules.append((f"{r.id}:{r.source or ''}", r.atomic_numbers, r.positions, label))
