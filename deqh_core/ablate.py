@@ -21,7 +21,7 @@ Layout of ``--out`` (default ``runs/ablation``)::
     <variant>/        a ``deqh train`` run directory (checkpoints, metrics.csv, config.yaml)
     <variant>+<prior>/  the same variant with a prior
     <variant>/eval.json   the variant's evaluation; its presence marks the variant done
-    ablation.md       Markdown table of every finished variant
+    ablation.md       Markdown table of every finished run in the folder
     ablation.png      bar chart of H MAE, occupied-orbital-energy MAE and ψ similarity
 
 Resumable variant by variant: a finished variant (``eval.json``) is skipped, a killed one
@@ -248,9 +248,23 @@ def _load_result(path: Path) -> EvaluationResult:
     )
 
 
+def finished(out: str | Path) -> dict[str, EvaluationResult]:
+    """Every run of ``out`` that has its ``eval.json``, by run name: priors in the order
+    none, 1e, minao, then variants in :data:`VARIANTS` order."""
+    from deqh_core.prior import PRIORS
+
+    out = Path(out)
+    return {
+        run_name(v, p): _load_result(out / run_name(v, p) / "eval.json")
+        for p in PRIORS
+        for v in VARIANTS
+        if (out / run_name(v, p) / "eval.json").exists()
+    }
+
+
 @dataclass
 class AblationResult:
-    results: dict[str, EvaluationResult]  # by run name (run_name), priors then VARIANTS order
+    results: dict[str, EvaluationResult]  # every finished run in ``out`` (:func:`finished`)
     markdown: Path
     chart: Path
 
@@ -292,11 +306,11 @@ def run_ablation(
     get_backbone(base.model.backbone)  # an unknown backbone fails before anything is written
     _check_split(base, split)
     _check_settings(out, _settings(base, split))
-    results: dict[str, EvaluationResult] = {}
     for prior in priors:
         for name in VARIANTS:
             if name in names:
-                results[run_name(name, prior)] = run_variant(base, name, out, split, log, prior)
+                run_variant(base, name, out, split, log, prior)
+    results = finished(out)  # the table holds every finished run, of this call or earlier ones
     markdown = write_markdown(results, base, out / "ablation.md")
     chart = write_chart(results, base, out / "ablation.png")
     return AblationResult(results, markdown, chart)
