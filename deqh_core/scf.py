@@ -314,12 +314,15 @@ def accelerate(
     recipe: Recipe | None = None,
     guesses: Sequence[str] = GUESSES,
     commutator: bool = True,
+    guess_cache: bool = True,
 ) -> MoleculeSCF:
     """All SCF runs of one molecule: from the prediction, then from each guess.
 
     The reference is ``task.label`` when given, else the prediction-started run's converged
     Fock matrix; the error level is the prediction's mean absolute error against it (over the
     full matrix, Hartree). ``commutator=False`` skips :func:`commutator_error` (one Fock build).
+    With a label, the guess runs do not depend on the model: ``guess_cache`` reuses them
+    (:func:`cached_guess_run`).
     """
     recipe = recipe or Recipe()
     mol = _mole(recipe, task.atomic_numbers, task.positions)
@@ -340,7 +343,10 @@ def accelerate(
         p_run, p_fock = run_scf(recipe, mol, pred)
         reference = p_fock if p_run.converged else None
         level = float(np.abs(pred - reference).mean()) if reference is not None else math.nan
-    runs = {g: run_scf(recipe, mol, g, reference, level)[0] for g in guesses}
+    if task.label is not None and guess_cache:
+        runs = {g: cached_guess_run(recipe, mol, g, reference, level) for g in guesses}
+    else:
+        runs = {g: run_scf(recipe, mol, g, reference, level)[0] for g in guesses}
     label_mae = None
     if task.label is not None and p_fock is not None:
         label_mae = float(np.abs(p_fock - task.label).mean())
@@ -359,6 +365,39 @@ def accelerate(
     )
 
 
+def cached_guess_run(
+    recipe: Recipe, mol, guess: str, reference: np.ndarray, error_level: float
+) -> SCFRun:
+    """:func:`run_scf` from a PySCF guess against a label ``reference``, computed once and kept
+    under :func:`deqh_core.cache.cache_dir` (``scf/``): such a run depends only on the recipe,
+    the molecule and the label, not on the model being tested, so comparing several models on
+    the same molecules runs it once. Its error cycle for ``error_level`` is read off the stored
+    error trace. The stored wall time is that of the run that made it."""
+    import hashlib
+
+    from deqh_core.atomic import atomic_write
+    from deqh_core.cache import cache_dir
+
+    key = hashlib.sha256()
+    key.update(json.dumps([1, guess, recipe.model_dump()], sort_keys=True).encode())
+    key.update(np.ascontiguousarray(mol.atom_charges(), dtype="<i8").tobytes())
+    key.update(np.ascontiguousarray(mol.atom_coords(), dtype="<f8").tobytes())
+    key.update(np.ascontiguousarray(reference, dtype="<f8").tobytes())
+    path = cache_dir() / "scf" / f"{key.hexdigest()[:32]}.json"
+    try:
+        run = SCFRun(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        run = run_scf(recipe, mol, guess, reference)[0]
+        try:
+            atomic_write(path, json.dumps(_jsonable(asdict(run))))
+        except OSError:  # a read-only cache must not stop the test
+            pass
+    run.error_cycle = next(
+        (k + 1 for k, mae in enumerate(run.mae_trace) if mae <= error_level), None
+    )
+    return run
+
+
 # ----------------------------------------------------------------------------------------------
 # many molecules
 
@@ -370,6 +409,7 @@ def run_acceleration(
     workers: int = 1,
     progress: bool = True,
     commutator: bool = True,
+    guess_cache: bool = True,
 ) -> list[MoleculeSCF]:
     """:func:`accelerate` every task, ``workers`` processes in parallel (one thread each, so
     timings are comparable); results in task order."""
@@ -378,7 +418,8 @@ def run_acceleration(
         raise DeqhError(f"workers must be >= 1, got {workers}")
     results: list[MoleculeSCF | None] = [None] * len(tasks)
     with tracked("SCF from prediction and guesses", len(tasks), progress) as advance:
-        for index, result in _results(tasks, recipe, tuple(guesses), workers, commutator):
+        jobs = _results(tasks, recipe, tuple(guesses), workers, commutator, guess_cache)
+        for index, result in jobs:
             results[index] = result
             advance()
     return [r for r in results if r is not None]
@@ -388,8 +429,10 @@ def _indexed(index: int, *args) -> tuple[int, MoleculeSCF]:
     return index, accelerate(*args)
 
 
-def _results(tasks, recipe, guesses, workers, commutator) -> Iterator[tuple[int, MoleculeSCF]]:
-    jobs = ((i, task, recipe, guesses, commutator) for i, task in enumerate(tasks))
+def _results(
+    tasks, recipe, guesses, workers, commutator, guess_cache
+) -> Iterator[tuple[int, MoleculeSCF]]:
+    jobs = ((i, task, recipe, guesses, commutator, guess_cache) for i, task in enumerate(tasks))
     return map_unordered(_indexed, jobs, workers)
 
 

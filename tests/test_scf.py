@@ -95,6 +95,37 @@ def test_error_level_cycle_is_where_the_guess_run_reaches_the_prediction(waters)
     assert result.energy_difference("minao") < 1e-8
 
 
+def test_guess_runs_against_a_label_are_computed_once(waters, monkeypatch, tmp_path):
+    """Comparing models on the same molecules: the guess-started SCFs (model-independent) run
+    once; a second model with another error level reuses them with its own error cycle, the
+    same as a fresh run gives."""
+    from deqh_core import scf
+
+    monkeypatch.setenv("DEQH_CACHE", str(tmp_path))
+    record, _, fock, _ = waters[3]
+    rng = np.random.default_rng(1)
+    tasks = [
+        SCFTask("water", record.atomic_numbers, record.positions, fock + noise, label=fock)
+        for noise in (hermitian_noise(len(fock), s, rng) for s in (1e-3, 1e-2))
+    ]
+    calls = []
+    real = scf.run_scf
+
+    def counting(recipe, mol, start, *args):
+        calls.append(start if isinstance(start, str) else "prediction")
+        return real(recipe, mol, start, *args)
+
+    monkeypatch.setattr(scf, "run_scf", counting)
+    first, second = (accelerate(t, CHEAP, commutator=False) for t in tasks)
+    assert calls == ["prediction", "minao", "1e", "prediction"]  # the second reused the guesses
+    fresh = accelerate(tasks[1], CHEAP, commutator=False, guess_cache=False)
+    for g in ("minao", "1e"):
+        assert second.guesses[g].cycles == fresh.guesses[g].cycles
+        assert second.guesses[g].mae_trace == pytest.approx(fresh.guesses[g].mae_trace)
+        assert second.guesses[g].error_cycle == fresh.guesses[g].error_cycle
+    assert first.guesses["minao"].error_cycle != second.guesses["minao"].error_cycle
+
+
 def test_commutator_error_vanishes_at_convergence_and_grows_with_noise(waters):
     record, mol, fock, _ = waters[2]
     density = density_from_hamiltonian(fock, mol.intor("int1e_ovlp"), mol.nelectron)

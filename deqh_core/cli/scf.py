@@ -64,6 +64,14 @@ def scf_command(
         int | None, typer.Option(min=1, help="Override the recipe's SCF cycle limit.")
     ] = None,
     keep_going: KeepGoingOption = False,
+    fresh_guesses: Annotated[
+        bool,
+        typer.Option(
+            "--fresh-guesses",
+            help="Rerun the guess-started SCFs instead of reusing earlier ones (they do not "
+            "depend on the model; kept in the cache folder when the labels are the reference).",
+        ),
+    ] = False,
     device: Annotated[str, typer.Option(help="Device of the model.")] = "cpu",
     progress: ProgressOption = True,
 ) -> None:
@@ -143,7 +151,9 @@ def scf_command(
     if not tasks:
         raise DataError("no molecules to run")
     console.print(f"guesses: {', '.join(guesses)}; {workers} worker(s)")
-    results = run_acceleration(tasks, recipe, guesses, workers=workers, progress=progress)
+    results = run_acceleration(
+        tasks, recipe, guesses, workers=workers, progress=progress, guess_cache=not fresh_guesses
+    )
     out = out or checkpoint.parent / "scf"
     paths = write_report(results, out, predictor.name)
     Console(highlight=False, markup=False).print(paths["md"].read_text())
