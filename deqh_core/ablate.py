@@ -12,8 +12,9 @@ variant            DEQ solver   reads S      the paper's name
 ``qhnet-s``        no           yes          QHNet with the overlap matrix
 =================  ===========  ===========  ==========================================
 
-With ``--prior 1e`` / ``--prior minao`` (repeatable, with ``none``) every variant is also
-trained on top of that prior Hamiltonian (:mod:`deqh_core.prior`), as run ``<variant>+<prior>``.
+With ``--prior 1e`` / ``--prior minao`` (repeatable, with ``none``; ``minao-lowdin`` for the
+correction in the Löwdin basis) every variant is also trained on top of that prior
+Hamiltonian (:mod:`deqh_core.prior`), as run ``<variant>+<prior>``.
 
 Layout of ``--out`` (default ``runs/ablation``)::
 
@@ -88,8 +89,13 @@ def base_config(
     return load_config(preset, config_file, *overrides, flags)
 
 
+# a prior and the basis of its correction: "minao" (AO basis) or "minao-lowdin" (deqh_core.prior)
+PRIOR_CHOICES = ("none", "1e", "minao", "1e-lowdin", "minao-lowdin")
+
+
 def run_name(variant: str, prior: str = "none") -> str:
-    """The run directory name of ``variant`` with ``prior``: ``qhnet``, ``qhnet+minao``."""
+    """The run directory name of ``variant`` with ``prior`` (one of :data:`PRIOR_CHOICES`):
+    ``qhnet``, ``qhnet+minao``, ``qhnet+minao-lowdin``."""
     return variant if prior == "none" else f"{variant}+{prior}"
 
 
@@ -104,7 +110,9 @@ def variant_config(
 ) -> TrainConfig:
     """``base`` as ``variant`` with ``prior``, training into ``out/<run name>``."""
     v = VARIANTS[variant]
-    model = base.model.model_copy(update={"deq": v.deq, "overlap": v.overlap, "prior": prior})
+    kind, _, basis = prior.partition("-")
+    update = {"deq": v.deq, "overlap": v.overlap, "prior": kind, "prior_basis": basis or "ao"}
+    model = base.model.model_copy(update=update)
     run = base.run.model_copy(update={"out": Path(out) / run_name(variant, prior)})
     return base.model_copy(update={"model": model, "run": run})
 
@@ -251,12 +259,10 @@ def _load_result(path: Path) -> EvaluationResult:
 def finished(out: str | Path) -> dict[str, EvaluationResult]:
     """Every run of ``out`` that has its ``eval.json``, by run name: priors in the order
     none, 1e, minao, then variants in :data:`VARIANTS` order."""
-    from deqh_core.prior import PRIORS
-
     out = Path(out)
     return {
         run_name(v, p): _load_result(out / run_name(v, p) / "eval.json")
-        for p in PRIORS
+        for p in PRIOR_CHOICES
         for v in VARIANTS
         if (out / run_name(v, p) / "eval.json").exists()
     }
@@ -290,15 +296,13 @@ def run_ablation(
     ``minutes`` of wall time, whichever ends first). Evaluation is on the recorded ``split`` of
     each run, on the config's ``run.device``; ``log`` receives one line per run.
     """
-    from deqh_core.prior import PRIORS
-
     names = list(variants or VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise AblationError(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     priors = list(dict.fromkeys(priors or ["none"]))
-    if bad := [p for p in priors if p not in PRIORS]:
-        raise AblationError(f"unknown prior(s) {bad}; known: {', '.join(PRIORS)}")
+    if bad := [p for p in priors if p not in PRIOR_CHOICES]:
+        raise AblationError(f"unknown prior(s) {bad}; known: {', '.join(PRIOR_CHOICES)}")
     from deqh_core.plugins import get_backbone
 
     out = Path(out)

@@ -89,6 +89,19 @@ class BlockGather:
     size: int  # length of the flat vector
     reverse: torch.Tensor  # [n_pairs] position of pair (j, i) for pair (i, j)
     _signs: dict = field(default_factory=dict, repr=False)
+    _square: list = field(default_factory=list, repr=False)
+
+    def square_index(self) -> tuple[torch.Tensor, int]:
+        """``(index [size], N)``: where each flat entry sits in the batch's matrices padded to
+        ``[n_molecules, N, N]`` (``N`` the largest AO count), flattened; built once."""
+        if not self._square:
+            n = self.n_ao
+            width = int(n.max())
+            mol = torch.repeat_interleave(torch.arange(len(n), device=n.device), n * n)
+            local = torch.arange(self.size, device=n.device) - self.offset[mol]
+            row, col = local // n[mol], local % n[mol]
+            self._square += [mol * width * width + row * width + col, width]
+        return self._square[0], self._square[1]
 
     @property
     def signed(self) -> bool:
@@ -210,6 +223,21 @@ def assemble(diag: torch.Tensor, off: torch.Tensor, data) -> torch.Tensor:
     out = out.index_put((g.diag.reshape(-1),), diag.reshape(-1))
     out = out.index_put((g.off.reshape(-1),), off.reshape(-1))
     return out[:-1]
+
+
+def to_square(flat: torch.Tensor, data) -> torch.Tensor:
+    """Flat full matrices of a batch -> ``[n_molecules, N, N]``, zero-padded to the largest
+    AO count ``N`` (for batched dense algebra: ``torch.bmm``)."""
+    g = block_gather(data)
+    index, width = g.square_index()
+    out = flat.new_zeros(len(g.n_ao) * width * width)
+    return out.index_put((index,), flat).view(len(g.n_ao), width, width)
+
+
+def from_square(square: torch.Tensor, data) -> torch.Tensor:
+    """Inverse of :func:`to_square`: the flat full matrices (padding dropped)."""
+    index, _ = block_gather(data).square_index()
+    return square.reshape(-1).index_select(0, index)
 
 
 def flatten(matrices: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -110,6 +110,16 @@ def _first_line(err: Exception) -> str:
     return lines[0] if lines else type(err).__name__
 
 
+# what checkpoints written before a model option existed built: that option's default
+_DESCRIBE_DEFAULTS = {"prior": "none", "prior_basis": "ao"}
+
+
+def recorded_model(state: dict) -> dict:
+    """The ``describe`` of a checkpoint, with the defaults of options added since it was
+    written."""
+    return {**_DESCRIBE_DEFAULTS, **state["describe"]}
+
+
 def same_model(a: dict, b: dict) -> bool:
     """Whether two ``describe`` dicts name the same model (tuples and lists compare equal)."""
     return _plain(a) == _plain(b)

@@ -65,6 +65,11 @@ class ModelConfig(_Strict):
         description="learn the correction to PySCF's core Hamiltonian (1e) or minao Fock matrix "
         "(minao), H = H0 + f; a DEQ then starts at H0; none = the paper",
     )
+    prior_basis: Literal["ao", "lowdin"] = Field(
+        "ao",
+        description="basis of the correction f: ao (H = H0 + f) or lowdin (H = H0 + S^1/2 f "
+        "S^1/2, f corrects the Lowdin-orthogonalised Hamiltonian)",
+    )
 
     @property
     def reads_s(self) -> bool:
@@ -116,6 +121,10 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_starting_hamiltonian(self) -> TrainConfig:
+        if self.model.prior_basis != "ao" and self.model.prior == "none":
+            raise ValueError(
+                "model.prior_basis applies to the correction of a prior: set model.prior"
+            )
         prior, init = self.model.prior, self.deq.init
         if self.model.deq and prior != "none" and init not in ("identity", prior):
             raise ValueError(

@@ -153,7 +153,7 @@ def load_model(
     import torch
 
     from deqh_core.basis import AOLayout
-    from deqh_core.checkpoint import load_checkpoint, same_model
+    from deqh_core.checkpoint import load_checkpoint, recorded_model, same_model
     from deqh_core.config import ConfigError, load_config
     from deqh_core.device import resolve_device
     from deqh_core.model import HamiltonianModel
@@ -171,7 +171,7 @@ def load_model(
             params = {**config.model.params, "ops": ops}
             model_config = config.model.model_copy(update={"params": params})
             config = config.model_copy(update={"model": model_config})
-    describe = {"prior": "none", **state["describe"]}  # checkpoints from before priors
+    describe = recorded_model(state)
     try:
         layout = AOLayout(describe["basis"], describe["elements"])
     except (KeyError, TypeError) as err:

@@ -34,7 +34,7 @@ class HamiltonianModel(torch.nn.Module):
         solver = ReducedSolver(spec, params, layout, reads_h=config.deq, reads_s=config.reads_s)
         if config.prior != "none":
             # H = H0 + f; a DEQ iterates H <- H0 + g(H) from H0, as an SCF from its guess
-            solver = PriorResidual(solver, config.prior)
+            solver = PriorResidual(solver, config.prior, config.prior_basis)
             deq = (deq or DEQConfig()).model_copy(update={"init": config.prior})
         self.net = DEQHamiltonianSolver(solver, deq) if config.deq else solver
 
@@ -50,6 +50,7 @@ class HamiltonianModel(torch.nn.Module):
             "deq": self.config.deq,
             "overlap": self.config.reads_s,
             "prior": self.config.prior,
+            "prior_basis": self.config.prior_basis,
             "params": self.params.model_dump(),
             "basis": self.layout.basis,
             "elements": list(self.layout.elements),

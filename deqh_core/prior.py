@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from deqh_core.blocks import split
+from deqh_core.blocks import assemble, from_square, split, to_square
 from deqh_core.cache import cache_dir
 from deqh_core.errors import DataError, DeqhError
 from deqh_core.recipe import Recipe
@@ -213,6 +213,9 @@ class InitialGuess:
         kind: ``"minao"`` or ``"1e"``.
         dtype: dtype of the stored blocks (default: the item's ``pos`` dtype).
         cache: where precomputed ``H0`` are read, by the item's ``mol_id``.
+        sqrt_overlap: also put ``s_half``, the flat ``S^(1/2)`` of the molecule (``[n_ao**2]``,
+            the data's AO order), on the item: a ``lowdin`` correction needs it (one overlap
+            integral and one eigendecomposition per item, milliseconds).
     """
 
     def __init__(
@@ -221,12 +224,14 @@ class InitialGuess:
         kind: Kind,
         dtype: torch.dtype | None = None,
         cache: PriorCache | None = None,
+        sqrt_overlap: bool = False,
     ):
         if kind not in ("minao", "1e"):
             from deqh_core.deq import DEQSetupError
 
             raise DEQSetupError(f"initial guess kind must be 'minao' or '1e', not {kind!r}")
         self.recipe, self.kind, self.dtype, self.cache = recipe, kind, dtype, cache
+        self.sqrt_overlap = sqrt_overlap
 
     @classmethod
     def for_run(cls, config, basis: str, recipe: dict | None) -> InitialGuess | None:
@@ -238,7 +243,8 @@ class InitialGuess:
         kind = start_kind(config.model, config.deq)
         if kind is None:
             return None
-        return cls(Recipe.from_meta({"basis": basis, **(recipe or {})}), kind)
+        recipe = Recipe.from_meta({"basis": basis, **(recipe or {})})
+        return cls(recipe, kind, sqrt_overlap=config.model.prior_basis == "lowdin")
 
     def __repr__(self) -> str:
         return f"InitialGuess({self.kind!r}, xc={self.recipe.xc!r}, basis={self.recipe.basis!r})"
@@ -266,7 +272,20 @@ class InitialGuess:
         out = copy.copy(data)
         out.h0_diag, out.h0_off = split(flat, out)
         out.h0_kind = self.kind
+        if self.sqrt_overlap:
+            s = self.recipe.mole(z, pos).intor("int1e_ovlp")
+            out.s_half = torch.as_tensor(sqrt_overlap(s), dtype=dtype).reshape(-1)
         return out
+
+
+def sqrt_overlap(s: np.ndarray) -> np.ndarray:
+    """``S^(1/2)`` of a symmetric positive definite overlap matrix (eigendecomposition)."""
+    w, v = np.linalg.eigh(s)
+    if w[0] <= 0:
+        raise DataError(
+            f"the overlap matrix is not positive definite (lowest eigenvalue {w[0]:.2e})"
+        )
+    return (v * np.sqrt(w)) @ v.T
 
 
 # what H0 depends on: a model with a prior learned corrections to H0 built with these
@@ -301,13 +320,24 @@ class PriorResidual(torch.nn.Module):
     """A Hamiltonian solver that outputs ``H0 + f(...)``: the wrapped solver learns the
     correction to the batch's prior ``H0`` (``h0_diag``, ``h0_off``: :class:`InitialGuess`).
 
-    Symmetric and equivariant whenever ``f`` is: ``H0`` is an exactly symmetric PySCF matrix
-    that rotates with the molecule. Capabilities and layout are the wrapped solver's.
+    ``basis="lowdin"`` outputs ``H0 + S^(1/2) f S^(1/2)`` instead (``s_half`` on the batch):
+    ``f`` is then the correction of the Löwdin-orthogonalised Hamiltonian ``S^(-1/2) H
+    S^(-1/2)``, whose eigenvalues are the orbital energies. An AO-basis correction is divided
+    by the overlap's small eigenvalues on its way to the orbital energies: where the AO basis is
+    nearly linearly dependent (QM9 molecules in def2-SVP reach ``min eig S ~ 1e-4``), an error
+    of 1e-3 Hartree in ``f`` can put a spurious orbital Hartrees deep among the occupied ones;
+    in the Löwdin basis an error of ``|f|`` moves every orbital energy by at most ``|f|``.
+
+    Symmetric and equivariant whenever ``f`` is: ``H0`` and ``S^(1/2)`` are exactly symmetric
+    PySCF matrices that rotate with the molecule. Capabilities and layout are the wrapped
+    solver's.
     """
 
-    def __init__(self, solver, kind: Kind):
+    def __init__(self, solver, kind: Kind, basis: Literal["ao", "lowdin"] = "ao"):
         super().__init__()
-        self.solver, self.kind = solver, kind
+        if basis not in ("ao", "lowdin"):
+            raise DeqhError(f"prior basis must be 'ao' or 'lowdin', not {basis!r}")
+        self.solver, self.kind, self.basis = solver, kind, basis
         self.capabilities = solver.capabilities
         self.layout = solver.layout
 
@@ -324,4 +354,21 @@ class PriorResidual(torch.nn.Module):
 
     def forward(self, batch, h: Blocks | None, injection) -> Blocks:
         out = self.solver(batch, h, injection)
+        if self.basis == "lowdin":
+            out = self._from_lowdin(out, batch)
         return Blocks(batch.h0_diag + out.diag, batch.h0_off + out.off)
+
+    @staticmethod
+    def _from_lowdin(f: Blocks, batch) -> Blocks:
+        """``S^(1/2) f S^(1/2)`` per molecule: dense and batched (padded squares), because
+        ``S^(1/2)`` couples every pair of atoms; exactly symmetric."""
+        half = getattr(batch, "s_half", None)
+        if half is None:
+            raise DeqhError(
+                "a lowdin-basis correction needs s_half on the batch: "
+                "deqh_core.prior.InitialGuess(recipe, kind, sqrt_overlap=True)"
+            )
+        half = to_square(half.to(f.diag.dtype), batch)
+        x = half @ to_square(assemble(f.diag, f.off, batch), batch) @ half
+        x = (x + x.transpose(1, 2)) / 2
+        return Blocks(*split(from_square(x, batch), batch))

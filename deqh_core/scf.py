@@ -642,7 +642,8 @@ class Predictor:
         if self.recipe is None:
             raise DeqhError(f"this model starts from PySCF's {kind!r} H0: set Predictor.recipe")
         start = time.perf_counter()
-        item = InitialGuess(self.recipe, kind)(item)
+        lowdin = self.config.model.prior_basis == "lowdin"
+        item = InitialGuess(self.recipe, kind, sqrt_overlap=lowdin)(item)
         self.prior_seconds = time.perf_counter() - start
         return item
 

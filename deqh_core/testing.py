@@ -64,9 +64,10 @@ class BackboneCheckError(AssertionError):
     """Raised by :func:`check_backbone` when a check fails; lists every failure."""
 
 
-def _item(z, pos, layout: AOLayout, mol_id: int, prior: str = "none"):
+def _item(z, pos, layout: AOLayout, mol_id: int, prior: str = "none", lowdin: bool = False):
     """A dataset item whose 'label' is PySCF's core Hamiltonian (a real, geometry-dependent H),
-    with the ``prior`` H0 (B3LYP5 in the layout's basis) unless that is ``"none"``."""
+    with the ``prior`` H0 (B3LYP5 in the layout's basis) unless that is ``"none"`` (and
+    ``S^(1/2)`` for a ``lowdin`` correction)."""
     mol = mole(z, pos, layout.basis)
     record = MoleculeRecord(
         mol_id,
@@ -80,7 +81,7 @@ def _item(z, pos, layout: AOLayout, mol_id: int, prior: str = "none"):
         from deqh_core.prior import InitialGuess
         from deqh_core.recipe import Recipe
 
-        item = InitialGuess(Recipe(basis=layout.basis), prior)(item)
+        item = InitialGuess(Recipe(basis=layout.basis), prior, sqrt_overlap=lowdin)(item)
     return item
 
 
@@ -103,9 +104,11 @@ def check_backbone(
     atol: float = 1e-8,
     raise_on_failure: bool = True,
     prior: str = "none",
+    prior_basis: str = "ao",
 ) -> list[CheckResult]:
     """Run every check on every mode ``spec`` supports, with the ``prior`` Hamiltonian
-    (``"none"``, ``"1e"``, ``"minao"``); ``atol`` is relative to the largest output entry.
+    (``"none"``, ``"1e"``, ``"minao"``) and its correction in ``prior_basis`` (``"ao"``,
+    ``"lowdin"``); ``atol`` is relative to the largest output entry.
     Returns the results; raises :class:`BackboneCheckError` on any failure unless
     ``raise_on_failure`` is False."""
     from deqh_core.deq import DEQConfig
@@ -141,11 +144,13 @@ def check_backbone(
             if prior != "none":
                 from deqh_core.prior import PriorResidual
 
-                solver = PriorResidual(solver, prior)
-                mode = f"{mode}, prior {prior}"
+                solver = PriorResidual(solver, prior, prior_basis)
+                mode = f"{mode}, prior {prior}" + (
+                    f" ({prior_basis})" if prior_basis != "ao" else ""
+                )
             with torch.no_grad():
                 results += _check_mode(
-                    mode, solver, molecules, layout, deq_config, atol, seed, prior
+                    mode, solver, molecules, layout, deq_config, atol, seed, prior, prior_basis
                 )
     finally:
         torch.set_default_dtype(default)
@@ -159,12 +164,17 @@ def check_backbone(
 
 
 def _check_mode(
-    mode, solver, molecules, layout, deq_config, atol, seed, prior="none"
+    mode, solver, molecules, layout, deq_config, atol, seed, prior="none", prior_basis="ao"
 ) -> list[CheckResult]:
     rng = np.random.default_rng(seed)
     z, pos = molecules[-1]
     pos = np.asarray(pos)
-    reference = _item(z, pos, layout, 0, prior)
+    lowdin = prior_basis == "lowdin"
+
+    def item(z, pos, mol_id=0):
+        return _item(z, pos, layout, mol_id, prior, lowdin)
+
+    reference = item(z, pos)
     batch, ref, diagnostics = _run(solver, [reference], deq_config)
     scale = max(ref.diag.abs().max().item(), ref.off.abs().max().item(), 1e-12)
     out: list[CheckResult] = []
@@ -186,7 +196,7 @@ def _check_mode(
     torch.manual_seed(seed)
     rot = o3.rand_matrix(dtype=torch.float64)
     d = layout.irreps.D_from_matrix(model_rotation(rot))
-    turned = _item(z, pos @ rot.numpy().T, layout, 0)
+    turned = item(z, pos @ rot.numpy().T)  # its S^(1/2) is exact: S takes no grid
     if prior != "none":  # the reference H0, rotated exactly (PySCF's grid is not isotropic)
         turned.h0_diag = d @ reference.h0_diag @ d.T
         turned.h0_off = d @ reference.h0_off @ d.T
@@ -196,13 +206,11 @@ def _check_mode(
     record("rotation equivariance (e3nn Wigner-D)", diff(rotated, expect))
 
     shift = rng.normal(size=3) * 3.0
-    _, moved, _ = _run(solver, [_item(z, pos + shift, layout, 0, prior)], deq_config)
+    _, moved, _ = _run(solver, [item(z, pos + shift)], deq_config)
     record("translation invariance", diff(moved, ref))
 
     perm = rng.permutation(len(z))
-    _, permuted, _ = _run(
-        solver, [_item(np.asarray(z)[perm], pos[perm], layout, 0, prior)], deq_config
-    )
+    _, permuted, _ = _run(solver, [item(np.asarray(z)[perm], pos[perm])], deq_config)
     inverse = np.argsort(perm)
     pair_pos = {(i, j): p for p, (i, j) in enumerate(batch.pair_index.T.tolist())}
     src, dst = batch.pair_index
@@ -225,7 +233,7 @@ def _check_mode(
     )
 
     other_z, other_pos = molecules[0]
-    items = [_item(other_z, other_pos, layout, 1, prior), reference]
+    items = [item(other_z, other_pos, 1), reference]
     _, both, _ = _run(solver, items, deq_config)
     first_atoms, first_pairs = len(other_z), len(other_z) * (len(other_z) - 1)
     inside = Blocks(both.diag[first_atoms:], both.off[first_pairs:])

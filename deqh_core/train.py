@@ -30,6 +30,7 @@ from deqh_core.checkpoint import (
     FORMAT,
     CheckpointError,
     load_checkpoint,
+    recorded_model,
     rng_state,
     same_model,
     save_checkpoint,
@@ -271,7 +272,7 @@ class Trainer:
         }
 
     def restore(self, state: dict) -> None:
-        if not same_model({"prior": "none", **state["describe"]}, self.model.describe()):
+        if not same_model(recorded_model(state), self.model.describe()):
             raise CheckpointError(
                 f"checkpoint is for {state['describe']}, not this run's model "
                 f"{self.model.describe()}"

@@ -78,6 +78,37 @@ def test_the_true_label_as_prediction_is_unchanged_by_the_prior(kind):
     assert hamiltonian_loss(out, batch) < 1e-12
 
 
+def test_lowdin_correction_is_the_orthogonalised_hamiltonians(monkeypatch):
+    """H = H0 + S^1/2 f S^1/2: the f that gives the label is the label's correction in the
+    Löwdin basis, S^-1/2 (H - H0) S^-1/2 (PySCF's overlap)."""
+    import scipy.linalg
+
+    from deqh_core.blocks import assemble, split
+
+    items = [InitialGuess(Recipe(), "minao", sqrt_overlap=True)(i) for i in _items("1e")]
+    batch = Batch.from_data_list(items)
+    corrections = []
+    for item in items:
+        z, pos = item.z.numpy(), item.pos.numpy()
+        s = _pyscf_mol(z, pos).intor("int1e_ovlp")
+        inv_half = np.linalg.inv(scipy.linalg.sqrtm(s).real)
+        single = Batch.from_data_list([item])
+        h = assemble(single.h_diag, single.h_off, single).view(len(s), len(s)).numpy()
+        h0 = assemble(single.h0_diag, single.h0_off, single).view(len(s), len(s)).numpy()
+        corrections.append(torch.as_tensor(inv_half @ (h - h0) @ inv_half).reshape(-1))
+    f = Blocks(*split(torch.cat(corrections), batch))
+
+    class Fixed(LabelMinusPrior):
+        def forward(self, batch, h, injection):
+            return f
+
+    out = PriorResidual(Fixed(), "minao", "lowdin")(batch, None, None)
+    torch.testing.assert_close(out.diag, batch.h_diag, atol=1e-9, rtol=0)
+    torch.testing.assert_close(out.off, batch.h_off, atol=1e-9, rtol=0)
+    with pytest.raises(Exception, match="s_half"):
+        PriorResidual(Fixed(), "minao", "lowdin")(Batch.from_data_list(_items("minao")), None, None)
+
+
 @pytest.mark.parametrize("deq", [False, True])
 def test_a_zero_output_head_predicts_exactly_the_prior(deq):
     torch.manual_seed(0)
@@ -107,13 +138,14 @@ def test_deq_init_other_than_the_prior_is_a_config_error():
         load_config(None, None, {"model": {"deq": True, "prior": "1e"}, "deq": {"init": "minao"}})
 
 
-@pytest.mark.parametrize("kind", ["1e", "minao"])
-def test_conformance_kit_with_every_prior(kind):
+@pytest.mark.parametrize(("kind", "basis"), [("1e", "ao"), ("minao", "ao"), ("minao", "lowdin")])
+def test_conformance_kit_with_every_prior(kind, basis):
     from deqh_backbones.qhnet.config import QHNetConfig
 
-    results = check_backbone("qhnet", config=QHNetConfig(**SMALL), prior=kind)
+    results = check_backbone("qhnet", config=QHNetConfig(**SMALL), prior=kind, prior_basis=basis)
+    suffix = "" if basis == "ao" else f" ({basis})"
     assert {r.mode for r in results} == {
-        f"{m}, prior {kind}" for m in ("predictor", "reads S", "reads H+S")
+        f"{m}, prior {kind}{suffix}" for m in ("predictor", "reads S", "reads H+S")
     }
     assert all(r.passed for r in results), [r for r in results if not r.passed]
 

@@ -38,7 +38,8 @@ def ablate_command(
     prior: Annotated[
         list[str] | None,
         typer.Option(
-            help="Also train every variant on this prior H0 (repeatable): none, 1e, minao."
+            help="Also train every variant on this prior H0 (repeatable): none, 1e, minao, "
+            "or 1e-lowdin / minao-lowdin (the correction in the Löwdin basis)."
         ),
     ] = None,
     split: Annotated[

@@ -32,6 +32,10 @@ def train_command(
         str | None,
         typer.Option(help="Learn the correction to PySCF's H0: none, 1e or minao (see docs)."),
     ] = None,
+    prior_basis: Annotated[
+        str | None,
+        typer.Option(help="Basis of the prior's correction: ao (H0 + f) or lowdin (see docs)."),
+    ] = None,
     preset: Annotated[
         str | None, typer.Option(help="cpu-small, md17-water, ..., qh9-stable-id (see docs).")
     ] = None,
@@ -73,6 +77,7 @@ def train_command(
     put("model", "deq", deq)
     put("model", "overlap", overlap)
     put("model", "prior", prior)
+    put("model", "prior_basis", prior_basis)
     put("data", "path", str(data) if data else None)
     put("data", "batch_size", batch_size)
     put("optim", "max_steps", steps)
