@@ -139,12 +139,16 @@ def _differences(old: Any, new: Any, where: str = "") -> list[str]:
 
 def _check_settings(out: Path, settings: dict) -> None:
     """Bind ``out`` to ``settings`` once a variant has checkpoints; refuse other settings."""
+    from deqh_core.config import TrainConfig
+
     path = out / "ablation.json"
     started = any(p.parent.name.partition("+")[0] in VARIANTS for p in out.glob("*/last.pt"))
     if path.exists() and started:
         try:
             saved = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
+            # through today's config: a field added since then takes its default
+            saved = _settings(TrainConfig.model_validate(saved["config"]), saved["split"])
+        except (json.JSONDecodeError, KeyError, ValueError) as err:
             raise AblationError(f"{path}: unreadable ({err})") from None
         diff = _differences(saved, settings)
         if diff:
