@@ -102,7 +102,7 @@ def data_generate(
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
     """Label molecules with PySCF into a QH9-schema SQLite file (resumable, shardable)."""
-    from deqh_core.data.generate import build_tasks, generate, molecule_geometry, xyz_geometries
+    from deqh_core.data.generate import build_tasks, molecule_geometry, xyz_geometries
 
     recipe = _recipe(
         xc=xc,
@@ -119,25 +119,7 @@ def data_generate(
     if not geometries:
         raise DataError("nothing to label: give at least one --xyz FILE or --molecule NAME")
     tasks = build_tasks(geometries, n_copies=copies, sigma=sigma, seed=seed)
-    summary = generate(
-        tasks,
-        out,
-        recipe,
-        workers=workers,
-        shard=shard,
-        progress=progress,
-        store_overlap=store_overlap,
-    )
-    Console(highlight=False).print(
-        f"{out}: wrote {summary.written}, failed {summary.failed}, "
-        f"skipped {summary.skipped} already done (of {len(tasks)} tasks"
-        f"{'' if shard is None else f', shard {shard[0]}/{shard[1]}'})"
-    )
-    if summary.failed and not summary.written:
-        raise DataError(
-            f"{out}: nothing could be labelled: all {summary.failed} molecule(s) failed (reasons "
-            "in the file's 'failures' table)"
-        )
+    _label(tasks, "tasks", out, recipe, workers, shard, progress, store_overlap)
 
 
 class QH9Split(StrEnum):
@@ -202,7 +184,6 @@ def data_qh9(
 
     Molecule id = QH9-stable id; QH9's recipe by default. Needs: pip install qm9pack
     """
-    from deqh_core.data.generate import generate
     from deqh_core.data.qm9 import parse_ids, qh9_tasks, qm9_table, select_ids
 
     if out is None and not list_ids:
@@ -224,6 +205,13 @@ def data_qh9(
         print("\n".join(map(str, selected.tolist())))
         return
     tasks = qh9_tasks(table, selected)
+    _label(tasks, "QH9-stable molecules", out, recipe, workers, shard, progress, store_overlap)
+
+
+def _label(tasks, what, out, recipe, workers, shard, progress, store_overlap) -> None:
+    """Run the label generator, print its summary, and fail when nothing could be labelled."""
+    from deqh_core.data.generate import generate
+
     summary = generate(
         tasks,
         out,
@@ -235,9 +223,14 @@ def data_qh9(
     )
     Console(highlight=False).print(
         f"{out}: wrote {summary.written}, failed {summary.failed}, "
-        f"skipped {summary.skipped} already done (of {len(tasks)} QH9-stable molecules"
+        f"skipped {summary.skipped} already done (of {len(tasks)} {what}"
         f"{'' if shard is None else f', shard {shard[0]}/{shard[1]}'})"
     )
+    if summary.failed and not summary.written:
+        raise DataError(
+            f"{out}: nothing could be labelled: all {summary.failed} molecule(s) failed (reasons "
+            "in the file's 'failures' table)"
+        )
 
 
 @data_app.command("check")
