@@ -34,7 +34,10 @@ def train_command(
     ] = None,
     prior_basis: Annotated[
         str | None,
-        typer.Option(help="Basis of the prior's correction: ao (H0 + f) or lowdin (see docs)."),
+        typer.Option(
+            help="Basis of the prior's correction: ao (H0 + f, the default) or lowdin "
+            "(H0 + S^1/2 f S^1/2; far better orbitals and SCF starts, docs/training.md)."
+        ),
     ] = None,
     preset: Annotated[
         str | None, typer.Option(help="cpu-small, md17-water, ..., qh9-stable-id (see docs).")
