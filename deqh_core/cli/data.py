@@ -23,6 +23,12 @@ GridOption = Annotated[int, typer.Option(help="PySCF DFT grid level, 0-9.")]
 ConvTolOption = Annotated[float, typer.Option(help="SCF energy tolerance, Hartree.")]
 ConvTolGradOption = Annotated[float, typer.Option(help="SCF orbital-gradient tolerance, Hartree.")]
 MaxCycleOption = Annotated[int, typer.Option(help="SCF cycles before a molecule counts as failed.")]
+# and the generator's
+WorkersOption = Annotated[int, typer.Option(min=1, help="Processes, one molecule each.")]
+StoreOverlapOption = Annotated[
+    bool, typer.Option("--store-overlap", help="Also store the overlap matrix (bigger files).")
+]
+ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar on stderr.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -91,15 +97,13 @@ def data_generate(
     spin: Annotated[
         int, typer.Option(help="2S = N_alpha - N_beta; only 0 (closed shell) for now.")
     ] = _DEFAULT["spin"],
-    workers: Annotated[int, typer.Option(min=1, help="Processes, one molecule each.")] = 1,
+    workers: WorkersOption = 1,
     shard: Annotated[
         str | None,
         typer.Option(metavar="i/N", help="Label only the tasks with id % N == i.", callback=_shard),
     ] = None,
-    store_overlap: Annotated[
-        bool, typer.Option("--store-overlap", help="Also store the overlap matrix (bigger files).")
-    ] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    store_overlap: StoreOverlapOption = False,
+    progress: ProgressOption = True,
 ) -> None:
     """Label molecules with PySCF into a QH9-schema SQLite file (resumable, shardable)."""
     from deqh_core.data.generate import build_tasks, molecule_geometry, xyz_geometries
@@ -170,15 +174,13 @@ def data_qh9(
     conv_tol: ConvTolOption = _DEFAULT["conv_tol"],
     conv_tol_grad: ConvTolGradOption = _DEFAULT["conv_tol_grad"],
     max_cycle: MaxCycleOption = _DEFAULT["max_cycle"],
-    workers: Annotated[int, typer.Option(min=1, help="Processes, one molecule each.")] = 1,
+    workers: WorkersOption = 1,
     shard: Annotated[
         str | None,
         typer.Option(metavar="i/N", help="Only the ids with id % N == i.", callback=_shard),
     ] = None,
-    store_overlap: Annotated[
-        bool, typer.Option("--store-overlap", help="Also store the overlap matrix (bigger files).")
-    ] = False,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+    store_overlap: StoreOverlapOption = False,
+    progress: ProgressOption = True,
 ) -> None:
     """Label QH9-stable molecules (QM9 geometries of the qm9pack package) with PySCF.
 
