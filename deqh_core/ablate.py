@@ -261,8 +261,8 @@ def _load_result(path: Path) -> EvaluationResult:
 
 
 def finished(out: str | Path) -> dict[str, EvaluationResult]:
-    """Every run of ``out`` that has its ``eval.json``, by run name: priors in the order
-    none, 1e, minao, then variants in :data:`VARIANTS` order."""
+    """Every run of ``out`` that has its ``eval.json``, by run name: priors in
+    :data:`PRIOR_CHOICES` order, then variants in :data:`VARIANTS` order."""
     out = Path(out)
     return {
         run_name(v, p): _load_result(out / run_name(v, p) / "eval.json")

@@ -350,25 +350,31 @@ class PriorResidual(torch.nn.Module):
                 f"{sorted(kinds) or 'none'}: put it on the items with "
                 f"deqh_core.prior.InitialGuess(recipe, {self.kind!r})"
             )
-        return self.solver.inject(batch)
-
-    def forward(self, batch, h: Blocks | None, injection) -> Blocks:
-        out = self.solver(batch, h, injection)
-        if self.basis == "lowdin":
-            out = self._from_lowdin(out, batch)
-        return Blocks(batch.h0_diag + out.diag, batch.h0_off + out.off)
-
-    @staticmethod
-    def _from_lowdin(f: Blocks, batch) -> Blocks:
-        """``S^(1/2) f S^(1/2)`` per molecule: dense and batched (padded squares), because
-        ``S^(1/2)`` couples every pair of atoms; exactly symmetric."""
+        injection = self.solver.inject(batch)
+        if self.basis == "ao":
+            return injection
         half = getattr(batch, "s_half", None)
         if half is None:
             raise DeqhError(
                 "a lowdin-basis correction needs s_half on the batch: "
                 "deqh_core.prior.InitialGuess(recipe, kind, sqrt_overlap=True)"
             )
-        half = to_square(half.to(f.diag.dtype), batch)
+        # S^(1/2) as padded squares [n_molecules, N, N]: H-independent, so once per batch
+        return injection, to_square(half, batch)
+
+    def forward(self, batch, h: Blocks | None, injection) -> Blocks:
+        if self.basis == "lowdin":
+            injection, half = injection
+        out = self.solver(batch, h, injection)
+        if self.basis == "lowdin":
+            out = self._from_lowdin(out, half, batch)
+        return Blocks(batch.h0_diag + out.diag, batch.h0_off + out.off)
+
+    @staticmethod
+    def _from_lowdin(f: Blocks, half: torch.Tensor, batch) -> Blocks:
+        """``S^(1/2) f S^(1/2)`` per molecule (``half``: ``S^(1/2)`` as padded squares): dense
+        and batched, because ``S^(1/2)`` couples every pair of atoms; exactly symmetric."""
+        half = half.to(f.diag.dtype)
         x = half @ to_square(assemble(f.diag, f.off, batch), batch) @ half
         x = (x + x.transpose(1, 2)) / 2
         return Blocks(*split(from_square(x, batch), batch))

@@ -102,11 +102,12 @@ def test_lowdin_correction_is_the_orthogonalised_hamiltonians(monkeypatch):
         def forward(self, batch, h, injection):
             return f
 
-    out = PriorResidual(Fixed(), "minao", "lowdin")(batch, None, None)
+    model = PriorResidual(Fixed(), "minao", "lowdin")
+    out = model(batch, None, model.inject(batch))
     torch.testing.assert_close(out.diag, batch.h_diag, atol=1e-9, rtol=0)
     torch.testing.assert_close(out.off, batch.h_off, atol=1e-9, rtol=0)
     with pytest.raises(Exception, match="s_half"):
-        PriorResidual(Fixed(), "minao", "lowdin")(Batch.from_data_list(_items("minao")), None, None)
+        model.inject(Batch.from_data_list(_items("minao")))
 
 
 @pytest.mark.parametrize("deq", [False, True])
