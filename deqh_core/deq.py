@@ -519,6 +519,11 @@ class DEQHamiltonianSolver(nn.Module):
             )
         return Blocks(diag.to(dtype), off.to(dtype))
 
+    def report_failures(self) -> None:
+        """From now on flag a molecule whose iterate was not finite in the diagnostics (its
+        batch-mates kept) instead of raising (``on_failure="report"``)."""
+        self.config = self.config.model_copy(update={"on_failure": "report"})
+
     def forward(self, batch, h_init: Blocks | None = None) -> tuple[Blocks, DEQDiagnostics]:
         """Fixed point of the wrapped solver on ``batch`` (a PyG batch of the dataset's items).
 

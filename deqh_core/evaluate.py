@@ -67,9 +67,8 @@ class LoadedModel:
         flag such molecules. Evaluation keeps the error, which names the molecules."""
         from deqh_core.deq import DEQHamiltonianSolver
 
-        net = self.model.net
-        if isinstance(net, DEQHamiltonianSolver):
-            net.config = net.config.model_copy(update={"on_failure": "report"})
+        if isinstance(self.model.net, DEQHamiltonianSolver):
+            self.model.net.report_failures()
 
     @property
     def domain(self):

@@ -199,8 +199,7 @@ class Trainer:
         if isinstance(self.model.net, DEQHamiltonianSolver):
             # the solver reports a broken solve and the loop raises on every rank at once
             # (a rank raising alone would leave the others waiting in a collective)
-            net = self.model.net
-            net.config = net.config.model_copy(update={"on_failure": "report"})
+            self.model.net.report_failures()
         self.net = self.model
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel
