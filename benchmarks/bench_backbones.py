@@ -31,13 +31,13 @@ import torch
 from torch_geometric.data import Batch
 
 from deqh_backbones.qhnet import QHNetConfig
-from deqh_core.backbone import ReducedSolver
-from deqh_core.basis import AOLayout, mole
+from deqh_core.ao.basis import AOLayout, mole
 from deqh_core.data.dataset import HamiltonianDataset, molecule_data
 from deqh_core.data.store import MoleculeRecord
-from deqh_core.deq import DEQConfig, DEQHamiltonianSolver
-from deqh_core.metrics import hamiltonian_loss
-from deqh_core.plugins import get_backbone
+from deqh_core.plugins.manager import get_backbone
+from deqh_core.solvers.backbone import ReducedSolver
+from deqh_core.solvers.deq import DEQConfig, DEQHamiltonianSolver
+from deqh_core.training.metrics import hamiltonian_loss
 
 # Reference implementations on this kind of machine (seconds; issue "Backbones"): QHNet 20.4M
 # parameters, DEQHNet 26.3M with 5 DEQ iterations.

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch_geometric.data import Batch
 
-from deqh_core.basis import AOLayout
-from deqh_core.blocks import assemble, block_data, flatten, split
-from deqh_core.convention import convert
+from deqh_core.ao.basis import AOLayout
+from deqh_core.ao.blocks import assemble, block_data, flatten, split
+from deqh_core.ao.convention import convert
 
 
 def molecules(n_mol: int, n_atoms: int, rng: np.random.Generator):

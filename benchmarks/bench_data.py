@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deqh_core.basis import AOLayout
+from deqh_core.ao.basis import AOLayout
 from deqh_core.data.dataset import HamiltonianDataset
 from deqh_core.data.store import HamiltonianDB, MoleculeRecord
 
@@ -99,9 +99,9 @@ def model_throughput(path: Path, batch: int, steps: int) -> float:
     """Training molecules/s of the paper-size QHNet (float32) on this machine's CPU."""
     from torch_geometric.data import Batch
 
-    from deqh_core.config import ModelConfig
-    from deqh_core.metrics import hamiltonian_loss
-    from deqh_core.model import HamiltonianModel
+    from deqh_core.training.config import ModelConfig
+    from deqh_core.training.metrics import hamiltonian_loss
+    from deqh_core.training.model import HamiltonianModel
 
     data, _ = loader(path, 0, batch)
     model = HamiltonianModel(ModelConfig(backbone="qhnet"), data.layout)

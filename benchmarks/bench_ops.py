@@ -101,9 +101,9 @@ def synchronize(device: torch.device) -> None:
 def build(variant: str, params: dict, layout, backends: list[str], device) -> dict:
     """One solver per backend, all with the weights of the first (seeded)."""
     from deqh_backbones.qhnet import QHNetConfig
-    from deqh_core.backbone import ReducedSolver
     from deqh_core.ops import use_backend
-    from deqh_core.plugins import get_backbone
+    from deqh_core.plugins.manager import get_backbone
+    from deqh_core.solvers.backbone import ReducedSolver
 
     reads_h, reads_s = VARIANTS[variant]
     torch.manual_seed(0)
@@ -113,7 +113,7 @@ def build(variant: str, params: dict, layout, backends: list[str], device) -> di
 
 def wrap(solvers: dict, deq_preset: str, overrides: dict) -> dict:
     """DEQ-wrapped solvers (with the system's preset) for a solver that reads H."""
-    from deqh_core.deq import DEQConfig, DEQHamiltonianSolver
+    from deqh_core.solvers.deq import DEQConfig, DEQHamiltonianSolver
 
     config = DEQConfig.preset(deq_preset, **overrides)
     return {
@@ -124,7 +124,7 @@ def wrap(solvers: dict, deq_preset: str, overrides: dict) -> dict:
 
 def run(model, batch):
     """Blocks and the DEQ's function evaluations (None for the predictor)."""
-    from deqh_core.deq import DEQHamiltonianSolver
+    from deqh_core.solvers.deq import DEQHamiltonianSolver
 
     if isinstance(model, DEQHamiltonianSolver):
         blocks, diagnostics = model(batch)
@@ -141,7 +141,7 @@ def optimizer_for(model, device):
 
 def measure(models: dict, batch, kind: str, args, device, memory: Memory) -> dict:
     """``{backend: (median seconds, peak MB, nfe)}`` for ``kind`` in ``forward``/``train``."""
-    from deqh_core.metrics import hamiltonian_loss
+    from deqh_core.training.metrics import hamiltonian_loss
 
     optimizers = {}
 
@@ -211,7 +211,7 @@ def compile_attempt(models: dict, batch, args, device) -> dict:
 
 def batches(args, layout, device, dtype) -> dict:
     from deqh_core.data.dataset import HamiltonianDataset
-    from deqh_core.train import to_device
+    from deqh_core.training.trainer import to_device
 
     out = {}
     for name in args.systems:
@@ -253,7 +253,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     gpu_inputs.use(args.inputs)  # basis data without PySCF
-    from deqh_core.basis import AOLayout
+    from deqh_core.ao.basis import AOLayout
     from deqh_core.ops import BACKENDS, cueq_available, cueq_kernels
 
     device = torch.device(args.device)

@@ -1,7 +1,7 @@
 """Precomputed inputs, so that benchmarks and training run on a machine without PySCF.
 
-deqh reads two things from PySCF: the AO layout (basis-set shells, ``deqh_core.basis``) and
-the diagonal reduction's on-site three-centre overlaps (``deqh_core.reduction``); and the
+deqh reads two things from PySCF: the AO layout (basis-set shells, ``deqh_core.ao.basis``) and
+the diagonal reduction's on-site three-centre overlaps (``deqh_core.ao.reduction``); and the
 labels and overlaps of a dataset come from PySCF integrals. A bare GPU machine has none of it
 (benchmarks/gpu_check.sh), and PySCF's wheel (53 MB) does not fit beside the rest of what
 travels there (64 MiB). So, here, with PySCF::
@@ -38,9 +38,9 @@ def make(out: Path = DEFAULT, n_qm9: int = SOURCES["qm9-like"]) -> None:
     from molecules import SETS
     from pyscf.data.elements import ELEMENTS as SYMBOLS
 
-    from deqh_core.basis import element_shells, mole
+    from deqh_core.ao.basis import element_shells, mole
+    from deqh_core.ao.reduction import onsite_overlap_table
     from deqh_core.data.store import HamiltonianDB, MoleculeRecord
-    from deqh_core.reduction import onsite_overlap_table
 
     out.mkdir(parents=True, exist_ok=True)
     arrays = {"symbols": np.array(SYMBOLS)}
@@ -81,8 +81,8 @@ def pyscf_available() -> bool:
 def use(directory: Path = DEFAULT) -> bool:
     """Serve deqh the precomputed basis data of ``directory`` if PySCF is missing (True then).
 
-    Replaces ``deqh_core.basis.element_shells`` / ``symbol`` and
-    ``deqh_core.reduction.onsite_overlap_table`` with lookups in ``basis.npz``: values PySCF
+    Replaces ``deqh_core.ao.basis.element_shells`` / ``symbol`` and
+    ``deqh_core.ao.reduction.onsite_overlap_table`` with lookups in ``basis.npz``: values PySCF
     computed, for the def2-SVP H/C/N/O/F layout only (anything else is a clear error).
     """
     if pyscf_available():
@@ -90,9 +90,9 @@ def use(directory: Path = DEFAULT) -> bool:
     path = Path(directory) / "basis.npz"
     if not path.is_file():
         sys.exit(f"{path} is missing and PySCF is not installed: run `python {__file__}` first")
-    import deqh_core.basis as basis
-    import deqh_core.reduction as reduction
-    from deqh_core.errors import BasisError
+    import deqh_core.ao.basis as basis
+    import deqh_core.ao.reduction as reduction
+    from deqh_core.util.errors import BasisError
 
     with np.load(path, allow_pickle=False) as f:
         name = str(f["basis"])

@@ -29,12 +29,12 @@ import time
 import torch
 from torch_geometric.data import Batch
 
-from deqh_core.config import ModelConfig
 from deqh_core.data.dataset import HamiltonianDataset
-from deqh_core.deq import DEQConfig
-from deqh_core.metrics import MAEAccumulator, training_loss
-from deqh_core.model import HamiltonianModel
-from deqh_core.solver import Blocks
+from deqh_core.solvers.deq import DEQConfig
+from deqh_core.solvers.protocol import Blocks
+from deqh_core.training.config import ModelConfig
+from deqh_core.training.metrics import MAEAccumulator, training_loss
+from deqh_core.training.model import HamiltonianModel
 
 # A reduced model: enough capacity to reach 1e-4 Hartree on three waters in a few thousand
 # steps on a CPU.

@@ -33,12 +33,12 @@ from torch_geometric.loader import DataLoader
 
 
 def one(backend: str, args) -> bool:
-    from deqh_core.config import load_config
     from deqh_core.data.dataset import HamiltonianDataset
-    from deqh_core.metrics import MAEAccumulator, training_loss
-    from deqh_core.model import HamiltonianModel
     from deqh_core.ops import active_backends
-    from deqh_core.train import _lr_lambda, to_device
+    from deqh_core.training.config import load_config
+    from deqh_core.training.metrics import MAEAccumulator, training_loss
+    from deqh_core.training.model import HamiltonianModel
+    from deqh_core.training.trainer import _lr_lambda, to_device
 
     config = load_config(
         "qh9-stable-id",

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 from ase.build import molecule
 
-from deqh_core.basis import symbol
+from deqh_core.ao.basis import symbol
 from deqh_core.data.dataset import HamiltonianDataset
-from deqh_core.evaluate import load_model, run_data_path
-from deqh_core.predict import HARTREE_EV, predict_frames, read_inputs
+from deqh_core.inference.loaded import load_model, run_data_path
+from deqh_core.inference.predict import HARTREE_EV, predict_frames, read_inputs
 
 
 def _xyz(path: Path, z, positions, comment: str) -> Path:

@@ -6,9 +6,7 @@ third-party plugin is (see ``plugins/deqh-example``).
 
 from __future__ import annotations
 
-from deqh_core.backbone import BackboneSpec
-from deqh_core.hookspecs import hookimpl
-from deqh_core.solver import Capabilities
+from deqh_core.plugins import BackboneSpec, Capabilities, hookimpl
 
 
 def _qhnet(config, layout, node_irreps):

@@ -28,7 +28,7 @@ cd "$TMP"
 
 for site in wheel source; do
     echo "smoke_install: $site install"
-    PYTHONPATH="$TMP/$site" "$PY" - "$TMP/$site" <<'PYTHON'
+    PYTHONPATH="$TMP/$site" "$PY" - "$TMP/$site" "$TMP/src" <<'PYTHON'
 import sys
 from pathlib import Path
 
@@ -41,6 +41,12 @@ site = Path(sys.argv[1]).resolve()
 for module in (deqh_core, deqh_backbones, deqh_plugins):
     assert site in Path(module.__file__).resolve().parents, (module.__file__, site)
 assert BUNDLED.is_file() and site in BUNDLED.resolve().parents, BUNDLED
+# every module of the source tree is installed (a subpackage missing from pyproject's list is not)
+source = Path(sys.argv[2])
+for folder, package in (("deqh_core", "deqh_core"), ("backbones", "deqh_backbones")):
+    wanted = {p.relative_to(source / folder) for p in (source / folder).rglob("*.py")}
+    found = {p.relative_to(site / package) for p in (site / package).rglob("*.py")}
+    assert wanted <= found, sorted(map(str, wanted - found))
 PYTHON
     PYTHONPATH="$TMP/$site" "$TMP/$site/bin/deqh" backbones | grep -q qhnet
     PYTHONPATH="$TMP/$site" "$TMP/$site/bin/deqh" data check --scf-sample 0 | grep -q "exact"

@@ -62,7 +62,7 @@ def example_plugin(tmp_path_factory):
         check=True,
     )
     sys.path.insert(0, str(target))
-    from deqh_core import plugins
+    from deqh_core.plugins import manager as plugins
 
     plugins.reload_plugins()
     yield target

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from deqh_core.testing import KIT_MOLECULES
+from deqh_core.plugins.testing import KIT_MOLECULES
 
 WATER, METHANOL = (
     (np.array(z), np.array(pos)) for z, pos in (KIT_MOLECULES["water"], KIT_MOLECULES["methanol"])

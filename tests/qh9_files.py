@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import apsw
 import numpy as np
 
-from deqh_core.recipe import Recipe
+from deqh_core.data.recipe import Recipe
 
 
 @dataclass

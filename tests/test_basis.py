@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from deqh_core.basis import AOLayout, atomic_number, element_shells, mole
-from deqh_core.errors import BasisError
+from deqh_core.ao.basis import AOLayout, atomic_number, element_shells, mole
+from deqh_core.util.errors import BasisError
 from tests.molecules import CH3SCL, METHANOL
 
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
-from deqh_core.basis import AOLayout, mole
-from deqh_core.blocks import (
+from deqh_core.ao.basis import AOLayout, mole
+from deqh_core.ao.blocks import (
     assemble,
     block_data,
     block_gather,
@@ -12,7 +12,7 @@ from deqh_core.blocks import (
     split,
     unflatten,
 )
-from deqh_core.convention import convert
+from deqh_core.ao.convention import convert
 from deqh_core.data.dataset import HamiltonianDataset
 from tests.molecules import AMMONIA, CH3SCL, METHANOL, WATER
 

@@ -4,10 +4,10 @@ import numpy as np
 import scipy.linalg
 from typer.testing import CliRunner
 
-from deqh_core.basis import mole
+from deqh_core.ao.basis import mole
 from deqh_core.cli import app
 from deqh_core.data.dataset import BUNDLED, HamiltonianDataset
-from deqh_core.recipe import Recipe
+from deqh_core.data.recipe import Recipe
 
 
 def test_bundled_data_is_labelled_with_the_qh9_recipe():

@@ -10,16 +10,16 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from deqh_core.checkpoint import (
+from deqh_core.cli import app
+from deqh_core.data.dataset import BUNDLED, HamiltonianDataset
+from deqh_core.data.domain import TrainingDomain
+from deqh_core.training.checkpoint import (
     CheckpointError,
     load_checkpoint,
     rng_state,
     set_rng_state,
     upgrade_checkpoint,
 )
-from deqh_core.cli import app
-from deqh_core.data.dataset import BUNDLED, HamiltonianDataset
-from deqh_core.domain import TrainingDomain
 
 runner = CliRunner()
 SETTINGS = [

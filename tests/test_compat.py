@@ -51,3 +51,17 @@ def test_a_config_of_the_previous_release_resolves_to_the_same_settings():
     assert yaml.safe_load(result.output) == yaml.safe_load(
         (OLD / "resolved_config.yaml").read_text()
     )
+
+
+def test_module_paths_of_the_previous_release_import_with_a_warning():
+    import deqh_core.ao.basis
+    import deqh_core.inference.evaluate
+
+    with pytest.warns(DeprecationWarning, match="deqh_core.basis moved to deqh_core.ao.basis"):
+        import deqh_core.basis as old
+    assert old is deqh_core.ao.basis
+    with pytest.warns(DeprecationWarning, match="deqh_core.inference.evaluate"):
+        from deqh_core.evaluate import evaluate_checkpoint
+    assert evaluate_checkpoint is deqh_core.inference.evaluate.evaluate_checkpoint
+    with pytest.raises(ModuleNotFoundError):
+        import deqh_core.no_such_module

@@ -3,8 +3,8 @@ import pytest
 import torch
 from e3nn import o3
 
-from deqh_core.basis import AOLayout, mole
-from deqh_core.convention import ao_permutation, convert, to_model_frame, wigner_D
+from deqh_core.ao.basis import AOLayout, mole
+from deqh_core.ao.convention import ao_permutation, convert, to_model_frame, wigner_D
 from tests.molecules import CH3SCL, METHANOL, WATER
 
 CASES = [("def2-svp", METHANOL), ("def2-svp", WATER), ("6-31g(d)", CH3SCL), ("def2-tzvp", CH3SCL)]

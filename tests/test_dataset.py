@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from deqh_core.basis import mole
-from deqh_core.blocks import split
-from deqh_core.config import DataConfig
+from deqh_core.ao.basis import mole
+from deqh_core.ao.blocks import split
 from deqh_core.data.dataset import HamiltonianDataset
 from deqh_core.data.splits import groups_from_sources, size_ood_split
-from deqh_core.train import make_split
+from deqh_core.training.config import DataConfig
+from deqh_core.training.trainer import make_split
 
 QH9_SMALL = Path(__file__).resolve().parents[2] / "shared" / "data" / "qh9_stable_small.db"
 needs_qh9 = pytest.mark.skipif(not QH9_SMALL.is_file(), reason="../shared/data not beside repo")
@@ -71,8 +71,8 @@ def test_metadata_splits_equal_splits_from_full_records():
 
 @pytest.mark.slow
 def test_training_with_loader_workers_matches_training_without(example_plugin, tmp_path):
-    from deqh_core.config import load_config
-    from deqh_core.train import Trainer
+    from deqh_core.training.config import load_config
+    from deqh_core.training.trainer import Trainer
 
     def run(workers: int):
         config = load_config(

@@ -9,21 +9,21 @@ from torch import nn
 from torch_geometric.data import Batch
 from torchdeq import get_deq
 
-from deqh_core.basis import AOLayout, mole
-from deqh_core.blocks import assemble, block_gather
+from deqh_core.ao.basis import AOLayout, mole
+from deqh_core.ao.blocks import assemble, block_gather
 from deqh_core.data.dataset import molecule_data
+from deqh_core.data.recipe import Recipe
 from deqh_core.data.store import MoleculeRecord
-from deqh_core.deq import (
+from deqh_core.solvers.deq import (
     DEQConfig,
     DEQFailure,
     DEQHamiltonianSolver,
-    InitialGuess,
     identity_blocks,
 )
-from deqh_core.errors import DeqhError
-from deqh_core.metrics import fixed_point_penalty, hamiltonian_loss, training_loss
-from deqh_core.recipe import Recipe
-from deqh_core.solver import Blocks, Capabilities
+from deqh_core.solvers.prior import InitialGuess
+from deqh_core.solvers.protocol import Blocks, Capabilities
+from deqh_core.training.metrics import fixed_point_penalty, hamiltonian_loss, training_loss
+from deqh_core.util.errors import DeqhError
 from tests.molecules import METHANOL, WATER
 
 F64 = torch.float64

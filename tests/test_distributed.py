@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from deqh_core.train import load_checkpoint
+from deqh_core.training.trainer import load_checkpoint
 
 
 def test_two_process_gloo_training(example_plugin, tmp_path):
@@ -52,7 +52,7 @@ def test_two_process_gloo_training(example_plugin, tmp_path):
 def _agree_worker(rank: int, world: int, init: str, results) -> None:
     import torch.distributed as dist
 
-    from deqh_core.train import agree
+    from deqh_core.training.trainer import agree
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
@@ -65,7 +65,7 @@ def _agree_worker(rank: int, world: int, init: str, results) -> None:
 def test_stop_decisions_are_agreed_across_ranks(tmp_path):
     import torch.multiprocessing as mp
 
-    from deqh_core.train import agree
+    from deqh_core.training.trainer import agree
 
     assert agree([True, False], torch.device("cpu")) == [True, False]  # not distributed
     with mp.Manager() as manager:

@@ -12,16 +12,16 @@ import torch
 from torch_geometric.loader import DataLoader
 from typer.testing import CliRunner
 
-from deqh_core.ablate import VARIANTS, _remaining_minutes, base_config, variant_config
-from deqh_core.basis import mole
-from deqh_core.blocks import assemble, unflatten
+from deqh_core.ao.basis import mole
+from deqh_core.ao.blocks import assemble, unflatten
 from deqh_core.cli import app
-from deqh_core.config import parse_override
 from deqh_core.data.dataset import BUNDLED, HamiltonianDataset
+from deqh_core.data.recipe import Recipe
 from deqh_core.data.store import HamiltonianDB, MoleculeRecord
-from deqh_core.evaluate import load_model
-from deqh_core.recipe import Recipe
-from deqh_core.train import Trainer
+from deqh_core.experiments.ablate import VARIANTS, _remaining_minutes, base_config, variant_config
+from deqh_core.inference.loaded import load_model
+from deqh_core.training.config import parse_override
+from deqh_core.training.trainer import Trainer
 
 SETTINGS = [
     "model.params={channels: 4, layers: 1}",

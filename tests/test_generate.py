@@ -20,9 +20,9 @@ from deqh_core.data.generate import (
     shard_tasks,
     xyz_geometries,
 )
+from deqh_core.data.recipe import Recipe
 from deqh_core.data.store import HamiltonianDB
-from deqh_core.errors import BasisError, DataError
-from deqh_core.recipe import Recipe
+from deqh_core.util.errors import BasisError, DataError
 
 # Cheap but tight: the eigenvalue comparison below is only as good as the SCF convergence.
 CHEAP = Recipe(xc="lda,vwn", basis="sto-3g", grid_level=1, conv_tol=1e-12, conv_tol_grad=1e-7)

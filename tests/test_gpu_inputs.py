@@ -18,9 +18,9 @@ sys.path.insert(0, str(BENCHMARKS))
 import gpu_inputs  # noqa: E402
 import molecules  # noqa: E402
 
-from deqh_core.basis import AOLayout  # noqa: E402
+from deqh_core.ao.basis import AOLayout  # noqa: E402
+from deqh_core.ao.reduction import DiagonalReduction  # noqa: E402
 from deqh_core.data.dataset import HamiltonianDataset  # noqa: E402
-from deqh_core.reduction import DiagonalReduction  # noqa: E402
 
 
 def test_qm9_like_geometries_have_qh9_sizes_and_no_clashes():
@@ -45,9 +45,9 @@ def test_without_pyscf_the_precomputed_inputs_give_pyscfs_values(tmp_path):
         import numpy as np, torch, gpu_inputs
         from pathlib import Path
         assert gpu_inputs.use(Path({str(tmp_path)!r}))
-        from deqh_core.basis import AOLayout
+        from deqh_core.ao.basis import AOLayout
         from deqh_core.data.dataset import HamiltonianDataset
-        from deqh_core.reduction import DiagonalReduction
+        from deqh_core.ao.reduction import DiagonalReduction
         layout = AOLayout("def2-svp", [1, 6, 7, 8, 9])
         path = gpu_inputs.dataset("qm9-like", Path({str(tmp_path)!r}))
         data = HamiltonianDataset(path, layout=layout)

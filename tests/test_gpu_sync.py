@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
-from deqh_core.basis import AOLayout
-from deqh_core.blocks import block_data
-from deqh_core.deq import DEQConfig, DEQHamiltonianSolver
-from deqh_core.fixed_point import per_molecule_fixed_point
-from deqh_core.solver import Blocks, Capabilities
+from deqh_core.ao.basis import AOLayout
+from deqh_core.ao.blocks import block_data
+from deqh_core.solvers.deq import DEQConfig, DEQHamiltonianSolver
+from deqh_core.solvers.fixed_point import per_molecule_fixed_point
+from deqh_core.solvers.protocol import Blocks, Capabilities
 
 pytestmark = [
     pytest.mark.gpu,
@@ -74,7 +74,7 @@ def test_the_solvers_bookkeeping_never_waits_for_the_gpu():
 @pytest.mark.parametrize("backbone", ["toy", "qhnet"])
 def test_no_sync_inside_an_evaluation(backbone, monkeypatch):
     """Every evaluation (state unpacking, the backbone, packing) runs without a host sync."""
-    from deqh_core import deq as deq_module
+    from deqh_core.solvers import deq as deq_module
 
     monkeypatch.setattr(deq_module._Recorder, "__call__", no_sync(deq_module._Recorder.__call__))
     batch = _batch()
@@ -82,8 +82,8 @@ def test_no_sync_inside_an_evaluation(backbone, monkeypatch):
         solver = Contraction()
     else:
         from deqh_backbones.qhnet.config import QHNetConfig
-        from deqh_core.backbone import ReducedSolver
-        from deqh_core.plugins import get_backbone
+        from deqh_core.plugins.manager import get_backbone
+        from deqh_core.solvers.backbone import ReducedSolver
 
         config = QHNetConfig(l_max=2, channels=8, bottleneck=4, layers=2, interaction_layers=1)
         solver = ReducedSolver(get_backbone("qhnet"), config, LAYOUT, True, True)

@@ -13,7 +13,7 @@ from pyscf import gto, scf
 
 from deqh_core.data.md17 import MD17Reader, open_source
 from deqh_core.data.store import HamiltonianDB, MoleculeRecord
-from deqh_core.errors import DataError
+from deqh_core.util.errors import DataError
 
 WATER = ("OHH", [[0.0, 0.0, 0.117], [0.0, 0.757, -0.467], [0.0, -0.757, -0.467]])
 METHANOL = (
@@ -28,7 +28,7 @@ METHANOL = (
     ],
 )
 
-# ORCA's real spherical AOs, stated here independently of deqh_core.convention:
+# ORCA's real spherical AOs, stated here independently of deqh_core.ao.convention:
 # p as (pz, px, py); d as m = 0, +1, -1, +2, -2, i.e. (z², xz, yz, x²-y², xy); f as
 # m = 0, +1, -1, +2, -2, +3, -3 with the |m| = 3 functions of opposite sign to PySCF's.
 # Values: PySCF's label suffix of each ORCA function, in ORCA order, and the sign.

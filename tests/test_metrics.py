@@ -6,19 +6,19 @@ import pytest
 import torch
 from torch_geometric.loader import DataLoader
 
-from deqh_core.blocks import assemble, flatten, split, unflatten
+from deqh_core.ao.blocks import assemble, flatten, split, unflatten
+from deqh_core.ao.orbitals import electron_count, occupied_count
 from deqh_core.data.dataset import HamiltonianDataset
-from deqh_core.deq import DEQDiagnostics
-from deqh_core.errors import DeqhError
-from deqh_core.metrics import (
+from deqh_core.data.recipe import Recipe
+from deqh_core.solvers.deq import DEQDiagnostics
+from deqh_core.solvers.protocol import Blocks
+from deqh_core.training.metrics import (
     MAEAccumulator,
     MetricsAccumulator,
     batch_metrics,
     orbital_errors,
 )
-from deqh_core.orbitals import electron_count, occupied_count
-from deqh_core.recipe import Recipe
-from deqh_core.solver import Blocks
+from deqh_core.util.errors import DeqhError
 
 IDS = [0, 1, 100, 101, 150]  # water and ethanol geometries of the bundled set
 

@@ -1,20 +1,23 @@
 """The plugin system, with the example plugin installed the way a user would install it."""
 
+import ast
+import importlib
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from deqh_core import plugins
-from deqh_core.backbone import BackboneError, BackboneSpec
 from deqh_core.cli import app
-from deqh_core.hookspecs import hookimpl
-from deqh_core.solver import Capabilities
-from deqh_core.testing import check_backbone
+from deqh_core.plugins import hookimpl, hookspecs
+from deqh_core.plugins import manager as plugins
+from deqh_core.plugins.testing import check_backbone
+from deqh_core.solvers.backbone import BackboneError, BackboneSpec
+from deqh_core.solvers.protocol import Capabilities
 
 
 def _deqh(*args, site=None):
@@ -50,11 +53,11 @@ def test_example_backbone_uses_the_ops_seam(example_plugin):
     with the fused kernels and the e3nn reference, and e3nn passes the kit too."""
     from torch_geometric.data import Batch
 
-    from deqh_core.backbone import ReducedSolver
-    from deqh_core.basis import AOLayout
+    from deqh_core.ao.basis import AOLayout
     from deqh_core.data.dataset import HamiltonianDataset
     from deqh_core.ops import active_backends, use_backend
-    from deqh_core.plugins import get_backbone
+    from deqh_core.plugins.manager import get_backbone
+    from deqh_core.solvers.backbone import ReducedSolver
 
     spec = get_backbone("tfn-mini")
     assert all(r.passed for r in check_backbone("tfn-mini", config=spec.config(ops="e3nn")))
@@ -158,7 +161,7 @@ def test_get_backbone_error_is_specific():
 
 def test_the_kit_catches_a_backbone_that_breaks_the_symmetries(example_plugin):
     """The conformance kit must fail a backbone that reads raw coordinates and is asymmetric."""
-    from deqh_core.solver import Blocks
+    from deqh_core.solvers.protocol import Blocks
     from deqh_example.model import TFNMini, TFNMiniConfig
 
     class Broken(TFNMini):
@@ -180,3 +183,37 @@ def test_the_kit_catches_a_backbone_that_breaks_the_symmetries(example_plugin):
     assert "same alone and inside a batch" not in failed
     with pytest.raises(AssertionError, match="backbone 'broken' failed"):
         check_backbone(spec)
+
+
+# ----------------------------------------------------------------------------------------------
+# the plugin author's one import
+
+
+def _deqh_imports(path: Path) -> set[str]:
+    """Every ``deqh_core`` module a file imports from (functions included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("deqh_core"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("deqh_core"))
+    return found
+
+
+def test_builtin_and_example_backbones_import_deqh_only_through_the_plugin_face():
+    root = Path(__file__).resolve().parents[1]
+    files = [*(root / "backbones").rglob("*.py"), *(root / "plugins").glob("*.py")]
+    files += (root / "plugins" / "deqh-example" / "deqh_example").rglob("*.py")
+    assert len(files) > 10
+    used = {str(p.relative_to(root)): _deqh_imports(p) for p in files}
+    assert {m for modules in used.values() for m in modules} == {"deqh_core.plugins"}, used
+
+
+def test_the_plugin_guide_covers_every_public_name_and_hook():
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    face = importlib.import_module("deqh_core.plugins")
+    hooks = [n for n, f in vars(hookspecs).items() if hasattr(f, "deqh_spec")]
+    assert sorted(hooks) == ["deqh_backbones", "deqh_register_commands"]
+    missing = [n for n in [*face.__all__, *hooks] if f"`{n}" not in guide]
+    assert missing == []
+    assert all(getattr(face, n, None) is not None for n in face.__all__)

@@ -5,8 +5,8 @@ import yaml
 from typer.testing import CliRunner
 
 from deqh_core.cli import app
-from deqh_core.config import PRESETS, ConfigError, load_config
-from deqh_core.train import _lr_lambda
+from deqh_core.training.config import PRESETS, ConfigError, load_config
+from deqh_core.training.trainer import _lr_lambda
 
 # Optimiser steps of the reference training scripts (public DEQHNet / divelab QH9 configs:
 # total_steps / num_training_steps), and their warm-up, final learning rate and clip norm.

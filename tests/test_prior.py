@@ -7,17 +7,17 @@ import torch
 from pyscf import dft, gto, scf
 from torch_geometric.data import Batch
 
-from deqh_core import prior as prior_module
-from deqh_core.basis import AOLayout
-from deqh_core.config import ConfigError, ModelConfig, load_config
+from deqh_core.ao.basis import AOLayout
 from deqh_core.data.dataset import BUNDLED, HamiltonianDataset
-from deqh_core.deq import DEQConfig
-from deqh_core.metrics import hamiltonian_loss
-from deqh_core.model import HamiltonianModel
-from deqh_core.prior import InitialGuess, PriorCache, PriorResidual, prior_matrix
-from deqh_core.recipe import Recipe
-from deqh_core.solver import Blocks, Capabilities
-from deqh_core.testing import check_backbone
+from deqh_core.data.recipe import Recipe
+from deqh_core.plugins.testing import check_backbone
+from deqh_core.solvers import prior as prior_module
+from deqh_core.solvers.deq import DEQConfig
+from deqh_core.solvers.prior import InitialGuess, PriorCache, PriorResidual, prior_matrix
+from deqh_core.solvers.protocol import Blocks, Capabilities
+from deqh_core.training.config import ConfigError, ModelConfig, load_config
+from deqh_core.training.metrics import hamiltonian_loss
+from deqh_core.training.model import HamiltonianModel
 from tests.molecules import METHANOL, QHNET_SMALL, WATER
 
 LAYOUT = AOLayout("def2-svp", [1, 6, 8])
@@ -83,7 +83,7 @@ def test_lowdin_correction_is_the_orthogonalised_hamiltonians(monkeypatch):
     Löwdin basis, S^-1/2 (H - H0) S^-1/2 (PySCF's overlap)."""
     import scipy.linalg
 
-    from deqh_core.blocks import assemble, split
+    from deqh_core.ao.blocks import assemble, split
 
     items = [InitialGuess(Recipe(), "minao", sqrt_overlap=True)(i) for i in _items("1e")]
     batch = Batch.from_data_list(items)
@@ -154,7 +154,7 @@ def test_conformance_kit_with_every_prior(kind, basis):
 def test_cache_is_reused_and_keyed_by_recipe(tmp_path, monkeypatch, example_plugin):
     """Training computes each molecule's H0 once, before the first step: no PySCF call in any
     epoch, none in a second run; another recipe gets another cache."""
-    from deqh_core.train import Trainer
+    from deqh_core.training.trainer import Trainer
 
     monkeypatch.setenv("DEQH_CACHE", str(tmp_path / "cache"))  # not another test's H0
     calls = []
@@ -224,7 +224,7 @@ def test_a_prior_checkpoint_refuses_data_and_overrides_of_another_recipe(example
     from typer.testing import CliRunner
 
     from deqh_core.cli import app
-    from deqh_core.train import Trainer
+    from deqh_core.training.trainer import Trainer
 
     config = load_config(
         None,

@@ -8,14 +8,14 @@ import scipy.linalg
 
 pytest.importorskip("apsw", reason="apsw writes QH9's files (pip install 'deqh[test]')")
 
-from deqh_core.blocks import assemble, unflatten
-from deqh_core.config import DataConfig
+from deqh_core.ao.blocks import assemble, unflatten
 from deqh_core.data.dataset import HamiltonianDataset
 from deqh_core.data.md17 import open_source
+from deqh_core.data.recipe import Recipe
 from deqh_core.data.store import HamiltonianDB
-from deqh_core.errors import DataError
-from deqh_core.recipe import Recipe
-from deqh_core.train import make_split
+from deqh_core.training.config import DataConfig
+from deqh_core.training.trainer import make_split
+from deqh_core.util.errors import DataError
 from tests.molecules import AMMONIA, WATER
 from tests.qh9_files import pyscf_label, write_qh9_dynamic, write_qh9_stable
 

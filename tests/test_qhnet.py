@@ -15,19 +15,19 @@ from torch_geometric.data import Batch
 from deqh_backbones.qhnet import QHNet, QHNetConfig
 from deqh_backbones.qhnet.attention import TransBlock
 from deqh_backbones.qhnet.conv import ConvNetLayer
-from deqh_core.backbone import BackboneError, ReducedSolver
-from deqh_core.basis import AOLayout, mole
-from deqh_core.config import ModelConfig, load_config
+from deqh_core.ao.basis import AOLayout, mole
 from deqh_core.data.dataset import HamiltonianDataset, molecule_data
 from deqh_core.data.store import MoleculeRecord
-from deqh_core.deq import DEQConfig, DEQHamiltonianSolver
-from deqh_core.evaluate import load_model
-from deqh_core.metrics import hamiltonian_loss
-from deqh_core.model import HamiltonianModel
+from deqh_core.inference.loaded import load_model
 from deqh_core.ops import active_backends, cueq_available, use_backend
-from deqh_core.plugins import get_backbone
-from deqh_core.testing import KIT_MOLECULES, check_backbone
-from deqh_core.train import Trainer
+from deqh_core.plugins.manager import get_backbone
+from deqh_core.plugins.testing import KIT_MOLECULES, check_backbone
+from deqh_core.solvers.backbone import BackboneError, ReducedSolver
+from deqh_core.solvers.deq import DEQConfig, DEQHamiltonianSolver
+from deqh_core.training.config import ModelConfig, load_config
+from deqh_core.training.metrics import hamiltonian_loss
+from deqh_core.training.model import HamiltonianModel
+from deqh_core.training.trainer import Trainer
 from tests.molecules import QHNET_SMALL
 
 SMALL = QHNET_SMALL
@@ -269,7 +269,7 @@ def test_checkpoint_trained_with_fused_evaluates_identically_with_e3nn(tmp_path)
 def test_a_checkpoint_loads_with_any_ops_backend_and_resumes_with_another(tmp_path):
     """The backend a run trained with is not part of the model: ``load_model`` uses ``auto``
     (fused on a CPU) unless told, and ``--resume`` may switch it."""
-    from deqh_core.config import resume_config
+    from deqh_core.training.config import resume_config
 
     values = {
         "model": {"backbone": "qhnet", "params": SMALL | {"ops": "e3nn"}},

@@ -14,14 +14,14 @@ import pytest
 from typer.testing import CliRunner
 
 from deqh_core.cli import app
-from deqh_core.config import DataConfig
 from deqh_core.data import qm9
 from deqh_core.data.dataset import HamiltonianDataset
 from deqh_core.data.qm9 import parse_ids, qm9_table, read_qm9_csv, select_ids
 from deqh_core.data.splits import QH9_STABLE_SIZE, qh9_stable_id_split
 from deqh_core.data.store import HamiltonianDB, MoleculeRecord
-from deqh_core.errors import DataError
-from deqh_core.train import make_split
+from deqh_core.training.config import DataConfig
+from deqh_core.training.trainer import make_split
+from deqh_core.util.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(

@@ -10,11 +10,11 @@ from e3nn import o3
 from pyscf import dft, scf
 from torch_geometric.data import Batch
 
-from deqh_core import reduction
-from deqh_core.basis import AOLayout, mole
-from deqh_core.blocks import block_data, split
-from deqh_core.convention import ao_permutation, model_rotation, to_model_frame
-from deqh_core.reduction import (
+from deqh_core.ao import reduction
+from deqh_core.ao.basis import AOLayout, mole
+from deqh_core.ao.blocks import block_data, split
+from deqh_core.ao.convention import ao_permutation, model_rotation, to_model_frame
+from deqh_core.ao.reduction import (
     AUX_SHELLS,
     DiagonalReduction,
     aux_exponents,

@@ -9,19 +9,19 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from deqh_core.analyze import hermitian_noise, noise_orbital_errors, training_nfe
 from deqh_core.cli import app
-from deqh_core.config import load_config
 from deqh_core.data.dataset import HamiltonianDataset
-from deqh_core.recipe import Recipe
-from deqh_core.scf import (
+from deqh_core.data.recipe import Recipe
+from deqh_core.inference.analyze import hermitian_noise, noise_orbital_errors, training_nfe
+from deqh_core.inference.scf import (
     SCFTask,
     accelerate,
     commutator_error,
     density_from_hamiltonian,
     run_scf,
 )
-from deqh_core.train import train
+from deqh_core.training.config import load_config
+from deqh_core.training.trainer import train
 
 # Hartree-Fock needs no DFT grid: the cheapest recipe whose SCF still takes 8-11 cycles.
 CHEAP = Recipe(xc="hf")
@@ -99,7 +99,7 @@ def test_guess_runs_against_a_label_are_computed_once(waters, monkeypatch, tmp_p
     """Comparing models on the same molecules: the guess-started SCFs (model-independent) run
     once; a second model with another error level reuses them with its own error cycle, the
     same as a fresh run gives."""
-    from deqh_core import scf
+    from deqh_core.inference import scf
 
     monkeypatch.setenv("DEQH_CACHE", str(tmp_path))
     record, _, fock, _ = waters[3]

@@ -19,7 +19,7 @@ from deqh_core.data.splits import (
     size_ood_split,
     within_group_split,
 )
-from deqh_core.errors import DataError
+from deqh_core.util.errors import DataError
 
 
 def parts(split: Split) -> list[list[int]]:

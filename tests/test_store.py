@@ -7,11 +7,11 @@ import pytest
 import scipy.linalg
 from pyscf import dft
 
-from deqh_core.basis import mole
+from deqh_core.ao.basis import mole
 from deqh_core.data.dataset import HamiltonianDataset
 from deqh_core.data.md17 import open_source
 from deqh_core.data.store import BOHR_IN_ANGSTROM, HamiltonianDB, MoleculeRecord
-from deqh_core.errors import DataError
+from deqh_core.util.errors import DataError
 from tests.molecules import METHANOL, WATER
 
 

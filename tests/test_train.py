@@ -5,8 +5,8 @@ import torch
 from typer.testing import CliRunner
 
 from deqh_core.cli import app
-from deqh_core.config import ConfigError, load_config, parse_override
-from deqh_core.train import CheckpointError, Trainer, load_checkpoint
+from deqh_core.training.config import ConfigError, load_config, parse_override
+from deqh_core.training.trainer import CheckpointError, Trainer, load_checkpoint
 
 SMALL = {"channels": 4, "layers": 1}
 
@@ -147,7 +147,7 @@ def test_deq_started_from_the_pyscf_core_hamiltonian(example_plugin, tmp_path):
 def test_a_broken_deq_solve_stops_training_with_the_molecules_named(example_plugin, tmp_path):
     """The solver only reports a non-finite iterate during training; the loop (every rank at
     once, through ``agree``) raises, naming the molecules, and writes no checkpoint."""
-    from deqh_core.deq import DEQFailure
+    from deqh_core.solvers.deq import DEQFailure
 
     trainer = Trainer(_config(tmp_path / "run"))
     backbone = trainer.model.net.solver.backbone

@@ -12,14 +12,14 @@ from ase.build import molecule
 from typer.testing import CliRunner
 
 from deqh_core.cli import app
-from deqh_core.config import load_config
 from deqh_core.data.dataset import BUNDLED, HamiltonianDataset
+from deqh_core.data.recipe import Recipe
 from deqh_core.data.store import HamiltonianDB
-from deqh_core.errors import DataError
-from deqh_core.predict import predict_files
-from deqh_core.recipe import Recipe
-from deqh_core.scf import commutator_error
-from deqh_core.train import Trainer
+from deqh_core.inference.predict import predict_files
+from deqh_core.inference.scf import commutator_error
+from deqh_core.training.config import load_config
+from deqh_core.training.trainer import Trainer
+from deqh_core.util.errors import DataError
 
 runner = CliRunner()
 HF = ["--sigma", "0.02", "--xc", "hf", "--no-progress"]  # quick labels: Hartree-Fock
@@ -142,8 +142,8 @@ def test_a_molecule_whose_deq_breaks_down_is_flagged_beside_good_ones(
 ):
     """A non-finite iterate for methanol: it is flagged as unconverged (its estimate stays the
     last finite one), water beside it in the same batch is predicted as alone."""
-    from deqh_core.predict import predict_frames, prepare
-    from deqh_core.solver import Blocks
+    from deqh_core.inference.predict import predict_frames, prepare
+    from deqh_core.solvers.protocol import Blocks
 
     checkpoint = _train(tmp_path / "deq", deq=True)
     xyz = [inputs["water"], inputs["methanol"]]
@@ -272,8 +272,8 @@ def test_generate_exits_nonzero_when_nothing_could_be_labelled(tmp_path):
 
 
 def test_predict_api_refuses_elements_missing_from_the_training_part(bundled_model, inputs):
-    from deqh_core.evaluate import load_model
-    from deqh_core.predict import read_inputs
+    from deqh_core.inference.loaded import load_model
+    from deqh_core.inference.predict import read_inputs
 
     layout = load_model(bundled_model).layout
     with pytest.raises(

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from deqh_core.data.xyz import read_xyz
-from deqh_core.errors import DataError
+from deqh_core.util.errors import DataError
 
 WATER = """3
 frame one

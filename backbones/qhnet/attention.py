@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch_geometric.utils import softmax
 
-from deqh_core.ops import (
+from deqh_core.plugins import (
     EquivariantLayerNorm,
     EquivariantLinear,
     ScalarGate,

@@ -7,7 +7,7 @@ import math
 from e3nn import o3
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from deqh_core.ops.backends import OpsBackend
+from deqh_core.plugins import OpsBackend
 
 
 class QHNetConfig(BaseModel):

@@ -10,7 +10,7 @@ from e3nn.nn import FullyConnectedNet
 from torch import nn
 from torch.nn import functional as F
 
-from deqh_core.ops import Channels, EquivariantLinear, NormGate, SphericalTensorProduct
+from deqh_core.plugins import Channels, EquivariantLinear, NormGate, SphericalTensorProduct
 
 
 def shifted_softplus(x: torch.Tensor) -> torch.Tensor:

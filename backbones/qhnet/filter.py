@@ -26,7 +26,7 @@ from deqh_backbones.qhnet.attention import TransBlock
 from deqh_backbones.qhnet.config import QHNetConfig
 from deqh_backbones.qhnet.conv import natural_irreps
 from deqh_backbones.qhnet.interaction import PairNetLayer, SelfNetLayer, interaction_irreps
-from deqh_core.ops import EquivariantLayerNorm, EquivariantLinear
+from deqh_core.plugins import EquivariantLayerNorm, EquivariantLinear
 
 
 @dataclass

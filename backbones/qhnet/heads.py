@@ -3,7 +3,7 @@
 As in QHNet, the map from the bottleneck features to the expansion coefficients is a linear
 layer whose weights (and scalar biases) are produced from the elements involved: the atom's
 embedding for an on-site block, both embeddings for a pair block. The coefficients become a
-block through the core's :class:`~deqh_core.expansion.BlockExpansion` (Clebsch-Gordan, one
+block through the core's :class:`~deqh_core.ao.expansion.BlockExpansion` (Clebsch-Gordan, one
 matmul).
 """
 
@@ -13,8 +13,7 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from deqh_core.expansion import BlockExpansion
-from deqh_core.ops import EquivariantLinear
+from deqh_core.plugins import BlockExpansion, EquivariantLinear
 
 
 class ExpansionHead(nn.Module):

@@ -15,7 +15,7 @@ from e3nn.nn import FullyConnectedNet
 from torch import nn
 
 from deqh_backbones.qhnet.conv import shifted_softplus
-from deqh_core.ops import Channels, ChannelTensorProduct, EquivariantLinear, NormGate
+from deqh_core.plugins import Channels, ChannelTensorProduct, EquivariantLinear, NormGate
 
 
 def interaction_irreps(hidden: o3.Irreps, needed: o3.Irreps, channels: int) -> o3.Irreps:

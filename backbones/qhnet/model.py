@@ -36,13 +36,16 @@ from deqh_backbones.qhnet.filter import DEQHNetFilter, FilterInjection
 from deqh_backbones.qhnet.heads import ExpansionHead
 from deqh_backbones.qhnet.interaction import PairNetLayer, SelfNetLayer, interaction_irreps
 from deqh_backbones.qhnet.radial import ExponentialBernstein
-from deqh_core.backbone import BackboneError
-from deqh_core.basis import AOLayout
-from deqh_core.blocks import symmetrize
-from deqh_core.expansion import BlockExpansion
-from deqh_core.graph import edge_vectors
-from deqh_core.ops import EquivariantLinear, use_backend
-from deqh_core.solver import Blocks
+from deqh_core.plugins import (
+    AOLayout,
+    BackboneError,
+    BlockExpansion,
+    Blocks,
+    EquivariantLinear,
+    edge_vectors,
+    symmetrize,
+    use_backend,
+)
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """The ``deqh`` command line: the layer that turns the logic modules into commands.
 
 One module per command group; each has a ``register(app)`` that adds its commands to the root
-app, exactly what a plugin's :func:`~deqh_core.hookspecs.deqh_register_commands` does. The logic
-modules (``deqh_core.train``, ``.evaluate``, ``.predict``, ``.scf``, ...) never import Typer.
+app, exactly what a plugin's :func:`~deqh_core.plugins.hookspecs.deqh_register_commands`
+does. The logic modules (``deqh_core.training``, ``deqh_core.inference``, ...) never import
+Typer.
 
 Commands import heavy modules (torch, PySCF) inside their functions so that ``deqh --help``
 stays fast. Any ``DeqhError`` a command raises is shown as one red ``error: ...`` line on stderr
@@ -29,7 +30,7 @@ from deqh_core.cli import (
     train,
 )
 from deqh_core.cli.options import stderr
-from deqh_core.errors import DeqhError
+from deqh_core.util.errors import DeqhError
 
 __all__ = ["app", "plugin_commands"]
 
@@ -73,9 +74,10 @@ _loaded: tuple[tuple, dict, dict] | None = None  # (plugins registered, commands
 def _other_plugins() -> bool:
     """Whether any plugin besides deqh's own (which adds no commands) may add commands: one
     installed under the entry-point group, or any once the plugins are loaded anyway."""
+    # imported when the command runs, so that `deqh --help` stays fast
     from importlib.metadata import entry_points
 
-    loaded = sys.modules.get("deqh_core.plugins")
+    loaded = sys.modules.get("deqh_core.plugins.manager")
     if loaded is not None and loaded.is_loaded():
         return True
     return any(ep.name != "deqh" for ep in entry_points(group="deqh"))
@@ -89,7 +91,8 @@ def plugin_commands(builtin: set[str] | None = None) -> dict:
         PluginError: two plugins add one name, or a plugin reuses a built-in command's name.
     """
     global _loaded
-    from deqh_core.plugins import PluginError, package_of, plugin_manager
+    # imported when the command runs, so that `deqh --help` stays fast
+    from deqh_core.plugins.manager import PluginError, package_of, plugin_manager
 
     pm = plugin_manager()
     key = (id(pm), tuple(sorted(name for name, _ in pm.list_name_plugin())))

@@ -1,5 +1,5 @@
 """``deqh ablate``: the paper's four variants trained and evaluated (Fig. 5; logic:
-:mod:`deqh_core.ablate`)."""
+:mod:`deqh_core.experiments.ablate`)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from deqh_core.ablate import VARIANTS
 from deqh_core.cli.options import DeviceOption, SplitName
+from deqh_core.experiments.ablate import VARIANTS
 
 
 def register(app: typer.Typer) -> None:
@@ -53,11 +53,12 @@ def ablate_command(
     ] = None,
 ) -> None:
     """Train and evaluate DEQHNet, DEQHNet w/o S, QHNet and QHNet w/ S (paper Fig. 5)."""
+    # imported when the command runs, so that `deqh --help` stays fast
     from rich.console import Console
     from rich.table import Table
 
-    from deqh_core.ablate import HEADER, run_ablation, table_rows
-    from deqh_core.config import parse_override
+    from deqh_core.experiments.ablate import HEADER, run_ablation, table_rows
+    from deqh_core.training.config import parse_override
 
     if minutes is not None and minutes <= 0:
         raise typer.BadParameter("--minutes must be positive")

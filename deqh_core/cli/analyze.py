@@ -1,5 +1,5 @@
 """``deqh analyze``: convergence and noise analyses of a trained model (paper Fig. 4, 6; logic:
-:mod:`deqh_core.analyze`)."""
+:mod:`deqh_core.inference.analyze`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from deqh_core.errors import DataError
+from deqh_core.util.errors import DataError
 
 
 def register(app: typer.Typer) -> None:
@@ -73,9 +73,10 @@ def convergence_command(
     """Fig. 4b (H error per iteration: PySCF SCF, DEQ from identity, DEQ from minao), Fig. 4a
     (DEQ iterations per training step, from the run's metrics.csv) and Fig. 6 (orbital-energy
     error under Hamiltonian noise). PNG + CSV each."""
+    # imported when the command runs, so that `deqh --help` stays fast
     from rich.console import Console
 
-    from deqh_core.analyze import (
+    from deqh_core.inference.analyze import (
         checkpoint_nfe,
         convergence_traces,
         pick_record,
@@ -85,34 +86,34 @@ def convergence_command(
         training_nfe,
         write_rows,
     )
-    from deqh_core.scf import Predictor, select_records
+    from deqh_core.inference.loaded import load_model, select_records
 
     console = Console(highlight=False, markup=False)
     noise_levels = _levels(levels)
-    predictor = Predictor(checkpoint)
-    recipe = predictor.dataset_recipe(data)
-    predictor.recipe = recipe
+    loaded = load_model(checkpoint)
+    loaded.report_deq_failures()
+    recipe = loaded.dataset_recipe(data)
     out = out or checkpoint.parent / "analysis"
-    records, note = select_records(predictor, data, split, None)
+    records, note = select_records(loaded, data, split, None)
     record = pick_record(records, molecule_id)
     name = f"molecule {record.id} ({record.source or '?'})"
     console.print(f"{note}; Fig. 4b/6 on {name}")
 
-    traces = convergence_traces(predictor, record, recipe, iterations)
+    traces = convergence_traces(loaded, record, recipe, iterations)
     write_rows(trace_rows(traces), out / "convergence.csv")
-    png = plot_convergence(traces, out / "convergence.png", f"{predictor.name}, {name}")
+    png = plot_convergence(traces, out / "convergence.png", f"{loaded.name}, {name}")
     for method, trace in traces.items():
         console.print(f"  {method}: H MAE {trace[0]:.2e} -> {trace[-1]:.2e} Ha")
     console.print(f"wrote {png} and convergence.csv")
 
     run_dir = checkpoint.parent
-    if predictor.config.model.deq and (run_dir / "metrics.csv").is_file():
+    if loaded.config.model.deq and (run_dir / "metrics.csv").is_file():
         rows = training_nfe(run_dir)
         ckpt_rows = checkpoint_nfe(nfe_checkpoint or [], records[:nfe_molecules])
         write_rows(rows, out / "training_nfe.csv")
         if ckpt_rows:
             write_rows(ckpt_rows, out / "checkpoint_nfe.csv")
-        png = plot_training_nfe(rows, out / "training_nfe.png", ckpt_rows, predictor.name)
+        png = plot_training_nfe(rows, out / "training_nfe.png", ckpt_rows, loaded.name)
         console.print(f"wrote {png} and training_nfe.csv")
     else:
         console.print("no metrics.csv of a DEQ run next to the checkpoint: Fig. 4a skipped")
@@ -139,10 +140,11 @@ def noise_command(
 ) -> None:
     """Fig. 6 / A.10 without a model: orbital-energy error of a label plus Hermitian Gaussian
     noise, per noise level."""
+    # imported when the command runs, so that `deqh --help` stays fast
     from rich.console import Console
 
     from deqh_core.data.dataset import BUNDLED, HamiltonianDataset
-    from deqh_core.recipe import labels_recipe
+    from deqh_core.data.recipe import labels_recipe
 
     console = Console(highlight=False, markup=False)
 
@@ -169,7 +171,8 @@ def noise_command(
 
 
 def _noise(record, recipe, levels, samples, out, name, console, seed: int = 0) -> None:
-    from deqh_core.analyze import noise_analysis
+    # imported when the command runs, so that `deqh --help` stays fast
+    from deqh_core.inference.analyze import noise_analysis
 
     rows, png = noise_analysis(record, recipe, levels, samples, out, name, seed)
     for s in levels:

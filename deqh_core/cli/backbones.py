@@ -19,9 +19,10 @@ def backbones_list(ctx: typer.Context) -> None:
     """List every registered backbone with its capabilities and the package providing it."""
     if ctx.invoked_subcommand is not None:
         return
+    # imported when the command runs, so that `deqh --help` stays fast
     from rich.table import Table
 
-    from deqh_core.plugins import backbones
+    from deqh_core.plugins.manager import backbones
 
     table = Table(title="deqh backbones")
     for column in ("name", "reads H (--deq)", "reads S", "plugin", "package", "description"):
@@ -49,9 +50,10 @@ def backbones_check(
     ] = "none",
 ) -> None:
     """Run the conformance kit (equivariance, invariances, symmetry, batching, DEQ) on NAME."""
+    # imported when the command runs, so that `deqh --help` stays fast
     from rich.table import Table
 
-    from deqh_core.testing import check_backbone
+    from deqh_core.plugins.testing import check_backbone
 
     results = check_backbone(name, basis=basis, seed=seed, raise_on_failure=False, prior=prior)
     table = Table(title=f"deqh backbones check {name}")

@@ -20,9 +20,10 @@ def checkpoint_info(
     checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (best.pt / last.pt).")],
 ) -> None:
     """Show what a checkpoint records: model, step, dataset, labels' recipe, training domain."""
+    # imported when the command runs, so that `deqh --help` stays fast
     import json
 
-    from deqh_core.checkpoint import load_checkpoint
+    from deqh_core.training.checkpoint import load_checkpoint
 
     state = load_checkpoint(checkpoint)
     info = {
@@ -44,7 +45,8 @@ def checkpoint_upgrade(
 
     Reading SOURCE unpickles it, which runs whatever code it holds: only for files you trust.
     """
-    from deqh_core.checkpoint import upgrade_checkpoint
+    # imported when the command runs, so that `deqh --help` stays fast
+    from deqh_core.training.checkpoint import upgrade_checkpoint
 
     state = upgrade_checkpoint(source, target)
     Console(highlight=False).print(

@@ -10,8 +10,8 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from deqh_core.errors import DataError, validation_message
-from deqh_core.recipe import Recipe
+from deqh_core.data.recipe import Recipe
+from deqh_core.util.errors import DataError, validation_message
 
 data_app = typer.Typer(help="Make and inspect Hamiltonian data sets.", no_args_is_help=True)
 
@@ -106,6 +106,7 @@ def data_generate(
     progress: ProgressOption = True,
 ) -> None:
     """Label molecules with PySCF into a QH9-schema SQLite file (resumable, shardable)."""
+    # imported when the command runs, so that `deqh --help` stays fast
     from deqh_core.data.generate import build_tasks, molecule_geometry, xyz_geometries
 
     recipe = _recipe(
@@ -186,6 +187,7 @@ def data_qh9(
 
     Molecule id = QH9-stable id; QH9's recipe by default. Needs: pip install qm9pack
     """
+    # imported when the command runs, so that `deqh --help` stays fast
     from deqh_core.data.qm9 import parse_ids, qh9_tasks, qm9_table, select_ids
 
     if out is None and not list_ids:
@@ -212,6 +214,7 @@ def data_qh9(
 
 def _label(tasks, what, out, recipe, workers, shard, progress, store_overlap) -> None:
     """Run the label generator, print its summary, and fail when nothing could be labelled."""
+    # imported when the command runs, so that `deqh --help` stays fast
     from deqh_core.data.generate import generate
 
     summary = generate(
@@ -248,6 +251,7 @@ def data_check(
     seed: Annotated[int, typer.Option(help="Seed of the split and the SCF sample.")] = 0,
 ) -> None:
     """Run the data pipeline end to end on a dataset and report what it finds."""
+    # imported when the command runs, so that `deqh --help` stays fast
     import numpy as np
     from rich.table import Table
 

@@ -1,5 +1,5 @@
 """``deqh evaluate``: a checkpoint's metrics on a split or another dataset (logic:
-:mod:`deqh_core.evaluate`)."""
+:mod:`deqh_core.inference.evaluate`)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ def register(app: typer.Typer) -> None:
 
 def metrics_table(summary: dict[str, float], title: str):
     """A rich table of a summary in the paper's units (1e-6 Hartree, percent)."""
+    # imported when the command runs, so that `deqh --help` stays fast
     from rich.table import Table
 
     table = Table(title=title)
@@ -90,9 +91,10 @@ def evaluate_command(
     progress: ProgressOption = True,
 ) -> None:
     """Evaluate a checkpoint: H MAE, orbital energies, HOMO/LUMO/gap, orbital similarity."""
+    # imported when the command runs, so that `deqh --help` stays fast
     from rich.console import Console
 
-    from deqh_core.evaluate import evaluate_checkpoint
+    from deqh_core.inference.evaluate import evaluate_checkpoint
 
     split_name = split.value if split is not None else None
     result = evaluate_checkpoint(

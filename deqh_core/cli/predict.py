@@ -1,5 +1,5 @@
 """``deqh predict``: H, orbitals and how far to trust them for new molecules (logic:
-:mod:`deqh_core.predict`)."""
+:mod:`deqh_core.inference.predict`)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,10 @@ from deqh_core.cli.options import (
     ProgressOption,
     RecipeOption,
 )
-from deqh_core.errors import DeqhError
-from deqh_core.predict import HARTREE_EV
+from deqh_core.util.errors import DeqhError
 
 if TYPE_CHECKING:
-    from deqh_core.predict import Prediction
+    from deqh_core.inference.predict import Prediction
 
 
 def register(app: typer.Typer) -> None:
@@ -28,7 +27,10 @@ def register(app: typer.Typer) -> None:
 
 
 def summary_table(predictions: list[Prediction], title: str, limit: int = 30):
+    # imported when the command runs, so that `deqh --help` stays fast
     from rich.table import Table
+
+    from deqh_core.inference.predict import HARTREE_EV
 
     table = Table(title=title)
     for column in ("molecule", "formula", "atoms", "AOs", "HOMO, Ha", "LUMO, Ha", "gap, eV"):
@@ -116,11 +118,12 @@ def predict_command(
     differences are warnings). A DEQ model's unconverged molecules make the command exit 1
     after writing everything, unless --keep-going.
     """
+    # imported when the command runs, so that `deqh --help` stays fast
     from rich.console import Console
     from rich.markup import escape
 
-    from deqh_core.predict import predict_frames, prepare, save_predictions
-    from deqh_core.recipe import describe_recipe
+    from deqh_core.data.recipe import describe_recipe
+    from deqh_core.inference.predict import predict_frames, prepare, save_predictions
 
     loaded, labels, source, frames, names = prepare(checkpoint, xyz, device, ema, recipe or ())
     err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
@@ -140,12 +143,9 @@ def predict_command(
     )
     prior = [p.prior_seconds for p in predictions if p.prior_seconds is not None]
     if prior:
-        from deqh_core.prior import start_kind
-
-        kind = start_kind(loaded.config.model, loaded.config.deq)
         console.print(
-            f"H0 ({kind}) built by PySCF: {sum(prior):.2f} s in all, {max(prior):.2f} s at most "
-            "per molecule (prior_s in summary.csv)",
+            f"H0 ({loaded.h0_kind}) built by PySCF: {sum(prior):.2f} s in all, "
+            f"{max(prior):.2f} s at most per molecule (prior_s in summary.csv)",
             markup=False,
         )
     unconverged, outside = report_flags(predictions, err)

@@ -1,5 +1,5 @@
 """``deqh scf``: SCF warm starts from predictions and the cycles saved (logic:
-:mod:`deqh_core.scf`)."""
+:mod:`deqh_core.inference.scf`)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import numpy as np
 import typer
 
 from deqh_core.cli.options import KeepGoingOption, ProgressOption, RecipeOption
-from deqh_core.errors import DataError, DeqhError
-from deqh_core.scf import GUESSES
+from deqh_core.util.errors import DataError, DeqhError
 
 
 def register(app: typer.Typer) -> None:
@@ -84,11 +83,13 @@ def scf_command(
     override it). A DEQ model's unconverged molecules make the command exit 1 after writing
     everything, unless --keep-going.
     """
+    # imported when the command runs, so that `deqh --help` stays fast
     from rich.console import Console
 
-    from deqh_core.predict import read_inputs
-    from deqh_core.recipe import describe_recipe, labels_recipe
-    from deqh_core.scf import Predictor, SCFTask, run_acceleration, write_report
+    from deqh_core.data.recipe import describe_recipe, labels_recipe
+    from deqh_core.inference.loaded import evaluation_dataset, load_model
+    from deqh_core.inference.predict import read_inputs
+    from deqh_core.inference.scf import GUESSES, SCFTask, run_acceleration, write_report
 
     guesses = tuple(guess or GUESSES)
     for g in guesses:
@@ -98,20 +99,20 @@ def scf_command(
         raise DataError(f"--split {split!r}: use train, val, test or all")
     if xyz and data is not None:
         raise DataError("give either molecule .xyz files or --data, not both")
-    predictor = Predictor(checkpoint, device=device)
-    if basis is not None and basis.lower() != predictor.layout.basis.lower():
-        raise DataError(f"--basis {basis!r}: the model predicts in {predictor.layout.basis!r}")
-    recipe, source = predictor.labels_recipe(
+    loaded = load_model(checkpoint, device=device)
+    loaded.report_deq_failures()  # a broken molecule is flagged as unconverged
+    if basis is not None and basis.lower() != loaded.layout.basis.lower():
+        raise DataError(f"--basis {basis!r}: the model predicts in {loaded.layout.basis!r}")
+    recipe, source = loaded.recipe(
         recipe_items or (), xc=xc, grid_level=grid_level, max_cycle=max_cycle
     )
-    predictor.recipe = recipe
     console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
     console.print(f"recipe: {describe_recipe(recipe)} (from {source})")
     molecules: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]] = []
     warnings: dict[str, list[str]] = {}
     if xyz:
-        domain = predictor.domain
-        frames = read_inputs(list(xyz), predictor.layout, domain.elements if domain else None)
+        domain = loaded.domain
+        frames = read_inputs(list(xyz), loaded.layout, domain.elements if domain else None)
         for path, k, fr in frames[:limit]:
             name = f"{path.name}#{k}"
             molecules.append((name, fr.atomic_numbers, fr.positions, None))
@@ -119,12 +120,10 @@ def scf_command(
                 warnings[name] = domain.check(fr.atomic_numbers, fr.positions, recipe.charge)
         console.print(f"{len(molecules)} molecule(s) from xyz; reference: SCF from the prediction")
     else:
-        from deqh_core.evaluate import evaluation_dataset
-
-        dataset, note = evaluation_dataset(predictor.loaded, data, split)
+        dataset, note = evaluation_dataset(loaded, data, split)
         records = list(itertools.islice(dataset.records(), limit))
         note = f"{note}: {len(records)} molecule(s)"
-        labels = labels_recipe(dataset.recipe, predictor.layout.basis)[0]
+        labels = labels_recipe(dataset.recipe, loaded.layout.basis)[0]
         # the labels are the reference when the recipe run makes the same Fock matrix
         # (SCF limits such as --max-cycle do not change it)
         physics = ("xc", "basis", "grid_level", "charge", "spin")
@@ -139,15 +138,15 @@ def scf_command(
                 "not apply; reference: SCF from the prediction"
             )
     if molecules:  # a warm-up pass, so that the first molecule's time is not the model's setup
-        predictor.predict(_item(predictor, molecules[0]))
+        loaded.predict(_item(loaded, recipe, molecules[0]))
     tasks, unconverged = [], []
     for molecule in molecules:
         name, z, pos, label = molecule
-        item = _item(predictor, molecule)
-        h, seconds, diagnostics = predictor.predict(item)
+        item = _item(loaded, recipe, molecule)
+        h, seconds, diagnostics = loaded.predict(item)
         if diagnostics is not None and not bool(diagnostics.converged.all()):
             unconverged.append((name, float(diagnostics.abs_residual.max())))
-        tasks.append(SCFTask(name, z, pos, h, label, seconds, predictor.prior_seconds))
+        tasks.append(SCFTask(name, z, pos, h, label, seconds, loaded.prior_seconds))
     if not tasks:
         raise DataError("no molecules to run")
     console.print(f"guesses: {', '.join(guesses)}; {workers} worker(s)")
@@ -155,7 +154,7 @@ def scf_command(
         tasks, recipe, guesses, workers=workers, progress=progress, guess_cache=not fresh_guesses
     )
     out = out or checkpoint.parent / "scf"
-    paths = write_report(results, out, predictor.name)
+    paths = write_report(results, out, loaded.name)
     Console(highlight=False, markup=False).print(paths["md"].read_text())
     Console(highlight=False, markup=False).print(
         f"wrote {paths['csv']}, {paths['json']}, {paths['md']}"
@@ -174,9 +173,9 @@ def scf_command(
         )
 
 
-def _item(predictor, molecule: tuple) -> Any:
+def _item(loaded, recipe, molecule: tuple) -> Any:
     name, z, pos, _ = molecule
     try:
-        return predictor.item(z, pos)
+        return loaded.item(z, pos, recipe)
     except DeqhError as err:
         raise type(err)(f"{name}: {err}") from None

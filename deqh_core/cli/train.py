@@ -1,4 +1,7 @@
-"""``deqh train``: train a backbone as predictor or DEQ solver (logic: :mod:`deqh_core.train`)."""
+"""``deqh train``: train a backbone as predictor or DEQ solver.
+
+Logic: :mod:`deqh_core.training.trainer`.
+"""
 
 from __future__ import annotations
 
@@ -65,10 +68,13 @@ def train_command(
     ] = None,
 ) -> None:
     """Train a backbone (as predictor, or with --deq as DEQ solver) on a Hamiltonian dataset."""
+    # imported when the command runs, so that `deqh --help` stays fast
     from rich.table import Table
 
-    from deqh_core.config import PRESETS, ConfigError, load_config, parse_override, read_config_file
-    from deqh_core.train import resumed_config, train
+    from deqh_core.training.config import PRESETS, load_config, parse_override
+    from deqh_core.training.trainer import resumed_config, train
+    from deqh_core.util.errors import ConfigError
+    from deqh_core.util.files import read_settings
 
     flags: dict = {}
 
@@ -97,7 +103,7 @@ def train_command(
         if any("out" in r.get("run", {}) for r in overrides):
             raise ConfigError("with --resume the run directory is --out; drop --set run.out")
         files = [dict(PRESETS[preset])] if preset in PRESETS else []
-        files += [read_config_file(config)] if config else []
+        files += [read_settings(config)] if config else []
         for f in files:  # the run directory is --out, not what the preset or file says
             f["run"] = {k: v for k, v in f.get("run", {}).items() if k != "out"}
         requested = [*files, *overrides, flags]
@@ -108,9 +114,10 @@ def train_command(
         put("run", "out", str(out) if out else None)
         cfg = load_config(preset, config, *overrides, flags)
     if print_config:
+        # imported when the command runs, so that `deqh --help` stays fast
         import yaml
 
-        from deqh_core.config import resolved
+        from deqh_core.training.config import resolved
 
         typer.echo(yaml.safe_dump(resolved(cfg), sort_keys=False), nl=False)
         return

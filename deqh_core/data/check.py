@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 from torch_geometric.loader import DataLoader
 
-from deqh_core.blocks import assemble, unflatten
+from deqh_core.ao.blocks import assemble, unflatten
+from deqh_core.ao.orbitals import density, occupied_count, solve
 from deqh_core.data.dataset import HamiltonianDataset, asymmetry
+from deqh_core.data.recipe import Recipe, labels_recipe
 from deqh_core.data.splits import random_split
-from deqh_core.orbitals import density, occupied_count, solve
-from deqh_core.recipe import Recipe, labels_recipe
 
 
 @dataclass

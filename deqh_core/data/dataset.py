@@ -5,7 +5,7 @@ Each item is a ``torch_geometric.data.Data`` with
 ==============  =====================  ==================================================
 ``z``           [n_atoms]              atomic numbers
 ``pos``         [n_atoms, 3]           positions, Å, lab frame
-``slot_ao``     [n_atoms, A]           block tables (:mod:`deqh_core.blocks`), PySCF order
+``slot_ao``     [n_atoms, A]           block tables (:mod:`deqh_core.ao.blocks`), PySCF order
 ``slot_sign``   [n_atoms, A]
 ``n_ao``        [1]                    number of AOs
 ``pair_index``  [2, n_pairs]           ordered atom pairs of the off-diagonal blocks
@@ -39,10 +39,13 @@ import torch
 from torch.utils.data import Dataset
 from torch_geometric.data import Data
 
-from deqh_core.basis import AOLayout, mole
-from deqh_core.blocks import block_data, split
+from deqh_core.ao.basis import AOLayout, mole, symbol
+from deqh_core.ao.blocks import block_data, split
+from deqh_core.ao.orbitals import SingularOverlapError, check_overlap
+from deqh_core.data.domain import dataset_identity
+from deqh_core.data.md17 import open_source
 from deqh_core.data.store import MoleculeRecord
-from deqh_core.errors import DataError
+from deqh_core.util.errors import DataError
 
 BUNDLED = Path(__file__).parent / "bundled" / "water_ethanol.db"
 """The small default dataset shipped in the package (see docs/data.md for how it was made)."""
@@ -139,6 +142,37 @@ def molecule_data(
     return data
 
 
+def structure_item(
+    atomic_numbers: np.ndarray,
+    positions: np.ndarray,
+    layout: AOLayout,
+    dtype: torch.dtype = torch.float64,
+) -> Data:
+    """The PyG item of an unlabelled molecule: the fields of :func:`molecule_data` without
+    ``h_diag``/``h_off``; ``S`` from PySCF in ``layout.basis`` (positions ``[n_atoms, 3]`` in
+    Å).
+
+    Raises:
+        SingularOverlapError: ``S`` is (nearly) singular, e.g. atoms on top of each other; the
+            message names the closest pair of atoms.
+    """
+    z = torch.as_tensor(np.asarray(atomic_numbers), dtype=torch.long)
+    pos = np.asarray(positions, dtype=np.float64)
+    overlap = mole(z.tolist(), pos, layout.basis).intor("int1e_ovlp")
+    try:
+        check_overlap(overlap)
+    except SingularOverlapError as err:
+        d = np.linalg.norm(pos[:, None] - pos[None], axis=-1) + np.diag(np.full(len(pos), np.inf))
+        i, j = np.unravel_index(int(d.argmin()), d.shape)
+        zi, zj = symbol(int(z[i])), symbol(int(z[j]))
+        raise SingularOverlapError(
+            f"{err}; atoms {i} ({zi}) and {j} ({zj}) are {d[i, j]:.3f} Å apart"
+        ) from None
+    data = block_data(layout, z, z=z, pos=torch.as_tensor(pos, dtype=dtype))
+    data.s_diag, data.s_off = split(torch.as_tensor(overlap, dtype=dtype).reshape(-1), data)
+    return data
+
+
 def _nbytes(data: Data) -> int:
     return sum(v.numel() * v.element_size() for v in data.values() if isinstance(v, torch.Tensor))
 
@@ -159,7 +193,7 @@ class HamiltonianDataset(Dataset):
         cache_mb: memory budget of the cache in MiB; once full, later items are rebuilt on
             every access. Each DataLoader worker process holds its own cache.
         transform: applied to every built item (before caching), e.g.
-            :class:`deqh_core.deq.InitialGuess`.
+            :class:`deqh_core.solvers.prior.InitialGuess`.
     """
 
     def __init__(
@@ -174,7 +208,6 @@ class HamiltonianDataset(Dataset):
         cache_mb: float = 2048,
         transform=None,
     ):
-        from deqh_core.data.md17 import open_source
 
         self.path = Path(path)
         reader = open_source(self.path, basis=basis)
@@ -209,8 +242,6 @@ class HamiltonianDataset(Dataset):
     def reader(self):
         # SQLite connections must not cross a fork (DataLoader workers): reopen per process.
         if self._pid != os.getpid():
-            from deqh_core.data.md17 import open_source
-
             self._reader, self._pid = open_source(self.path, basis=self._basis), os.getpid()
         return self._reader
 
@@ -245,8 +276,7 @@ class HamiltonianDataset(Dataset):
 
     def identity(self) -> dict:
         """The file's identity and its labels' recipe
-        (:func:`deqh_core.domain.dataset_identity`)."""
-        from deqh_core.domain import dataset_identity
+        (:func:`deqh_core.data.domain.dataset_identity`)."""
 
         return dataset_identity(self.path, self.reader.ids(), self.recipe, self._basis)
 

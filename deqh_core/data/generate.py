@@ -15,15 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from ase.build import molecule
+from ase.collections import g2
 
+from deqh_core.ao.basis import element_shells
+from deqh_core.data.recipe import Recipe
 from deqh_core.data.store import HamiltonianDB, MoleculeRecord
 from deqh_core.data.xyz import read_xyz
-from deqh_core.errors import DataError
-from deqh_core.parallel import map_unordered
-from deqh_core.progress import tracked
-from deqh_core.recipe import Recipe
+from deqh_core.util.errors import DataError
+from deqh_core.util.parallel import map_unordered
+from deqh_core.util.progress import tracked
 
-# pyscf and deqh_core.basis (which pulls in e3nn/torch) are imported inside the functions that
+# pyscf and deqh_core.ao.basis (which pulls in e3nn/torch) are imported inside the functions that
 # need them, so that importing this module (e.g. for the CLI's --help) stays fast.
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -78,8 +81,6 @@ def xyz_geometries(path: str | Path) -> list[Geometry]:
 
 def molecule_geometry(name: str) -> Geometry:
     """The ASE molecule ``name`` (``ase.build.molecule``: the G2 set and a few extras)."""
-    from ase.build import molecule
-    from ase.collections import g2
 
     try:
         atoms = molecule(name)
@@ -135,7 +136,6 @@ def shard_tasks(tasks: Sequence[Task], shard: tuple[int, int] | None) -> list[Ta
 def check_tasks(tasks: Sequence[Task], recipe: Recipe) -> None:
     """Fail fast, before any SCF: every element must be in the basis and every molecule closed
     shell under the recipe's charge."""
-    from deqh_core.basis import element_shells
 
     if recipe.spin != 0:
         raise DataError(

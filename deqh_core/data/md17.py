@@ -14,11 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from ase.db import connect
 
-from deqh_core.basis import AOLayout, symbol
-from deqh_core.convention import convert
+from deqh_core.ao.basis import AOLayout, symbol
+from deqh_core.ao.convention import convert
 from deqh_core.data.store import HamiltonianDB, MoleculeInfo, MoleculeRecord
-from deqh_core.errors import DataError, DeqhError
+from deqh_core.util.errors import DataError, DeqhError
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 # What reading an ASE database can raise on a damaged file or row (besides our own errors).
@@ -66,7 +67,6 @@ class MD17Reader:
     """
 
     def __init__(self, path: str | Path, basis: str = "def2-svp"):
-        from ase.db import connect
 
         self.path = Path(path)
         self.basis = basis

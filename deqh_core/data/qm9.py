@@ -11,7 +11,7 @@ symbols) and ``XYZ_Ang`` (a list of ``[x, y, z]`` in Å; Mathematica exponents s
 ``1.2*^-5``, as in QM9's raw XYZ text, are read as well as ``1.2E-5``).
 
 Parsing the 230 MB of CSV takes a few seconds, so the parsed table is cached as an npz file
-(~70 MB) under :func:`deqh_core.cache.cache_dir`, keyed by the CSV files' sizes and
+(~70 MB) under :func:`deqh_core.util.cache.cache_dir`, keyed by the CSV files' sizes and
 modification times; selecting ids (``deqh data qh9 --list``) then takes well under a second.
 """
 
@@ -28,11 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from deqh_core.atomic import atomic_open
-from deqh_core.cache import cache_dir
+from deqh_core.ao.basis import atomic_number
 from deqh_core.data.generate import Task
 from deqh_core.data.splits import QH9_STABLE_SIZE, qh9_stable_id_split, qh9_stable_ood_split
-from deqh_core.errors import BasisError, DataError
+from deqh_core.util.cache import cache_dir
+from deqh_core.util.errors import BasisError, DataError
+from deqh_core.util.files import atomic_open
 
 CSV_NAMES = ("qm9_part1.csv", "qm9_part2.csv", "qm9_part3.csv")
 INSTALL_HINT = "pip install 'deqh[qm9]'  (or: pip install qm9pack)"
@@ -95,7 +96,6 @@ def read_qm9_csv(paths: Sequence[str | Path], expected: int | None = QH9_STABLE_
     """Parse and check QM9 CSV files (in order): ``expected`` rows (QH9-stable's 130,831) in
     strictly ascending gdb index, as many symbols and coordinate triples as ``N_atoms``.
     Errors name the file and line."""
-    from deqh_core.basis import atomic_number
 
     csv.field_size_limit(1 << 30)
     gdb: list[int] = []

@@ -36,8 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from deqh_core.basis import formula
-from deqh_core.errors import DataError
+from deqh_core.ao.basis import formula
+from deqh_core.util.errors import DataError
+from deqh_core.util.files import atomic_write
 
 Sizes = Sequence[float | int | None] | str
 _PARTS = ("train", "val", "test")
@@ -70,8 +71,7 @@ class Split:
             )
 
     def to_json(self, path: str | Path) -> None:
-        """Write as JSON, atomically (:func:`deqh_core.atomic.atomic_write`)."""
-        from deqh_core.atomic import atomic_write
+        """Write as JSON, atomically (:func:`deqh_core.util.files.atomic_write`)."""
 
         text = json.dumps(
             {"train": self.train, "val": self.val, "test": self.test, "info": self.info}

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deqh_core.errors import DataError
+from deqh_core.util.errors import DataError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS data (

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deqh_core.errors import BasisError, DataError
+from deqh_core.ao.basis import atomic_number, symbol
+from deqh_core.util.errors import BasisError, DataError
 
 
 @dataclass
@@ -28,7 +29,6 @@ class Frame:
 
 def read_xyz(path: str | Path) -> list[Frame]:
     """All frames of the xyz file ``path``, in file order."""
-    from deqh_core.basis import atomic_number, symbol  # pulls in e3nn/torch, so import late
 
     path = Path(path)
     try:

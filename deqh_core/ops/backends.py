@@ -33,7 +33,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from deqh_core.errors import DeqhError
+from deqh_core.util.errors import DeqhError
 
 OpsBackend = Literal["auto", "fused", "e3nn", "cueq"]
 BACKENDS: tuple[str, ...] = ("fused", "e3nn", "cueq")

@@ -195,6 +195,7 @@ class CueqLinear(nn.Module):
 
     def __init__(self, irreps_in, irreps_out, shared_weights, biases, device=None, dtype=None):
         super().__init__()
+        # optional dependency: pip install 'deqh[cueq]'
         import cuequivariance as cue
         import cuequivariance_torch as cuet
 

@@ -52,6 +52,7 @@ def _cueq_polynomial(subscripts: str, operands: list[list[tuple]], paths: list[t
     """A cuEquivariance polynomial ``subscripts`` whose operands 1.. have the given segment
     shapes and whose weight operand (0) gets one segment per path; ``paths`` are
     ``(segment of each operand 1.., coefficients)``."""
+    # optional dependency: pip install 'deqh[cueq]'
     import cuequivariance as cue
 
     d = cue.SegmentedTensorProduct.from_subscripts(subscripts)
@@ -64,6 +65,7 @@ def _cueq_polynomial(subscripts: str, operands: list[list[tuple]], paths: list[t
 
 
 def _cueq_module(polynomial, device, wanted: str) -> nn.Module:
+    # optional dependency: pip install 'deqh[cueq]'
     import cuequivariance_torch as cuet
 
     return cuet.SegmentedPolynomial(polynomial, method=cueq_method(torch.device(device), wanted))

@@ -1,8 +1,6 @@
 """deqh plugin registering the ``tfn-mini`` backbone."""
 
-from deqh_core.backbone import BackboneSpec
-from deqh_core.hookspecs import hookimpl
-from deqh_core.solver import Capabilities
+from deqh_core.plugins import BackboneSpec, Capabilities, hookimpl
 from deqh_example.model import TFNMini, TFNMiniConfig
 
 

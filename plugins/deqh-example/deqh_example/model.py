@@ -17,13 +17,18 @@ from e3nn import o3
 from e3nn.math import soft_one_hot_linspace
 from pydantic import BaseModel, ConfigDict, Field
 
-from deqh_core import ops
-from deqh_core.basis import AOLayout
-from deqh_core.blocks import symmetrize
-from deqh_core.expansion import BlockExpansion
-from deqh_core.graph import edge_vectors, radius_edges
-from deqh_core.ops import OpsBackend
-from deqh_core.solver import Blocks
+from deqh_core.plugins import (
+    AOLayout,
+    BlockExpansion,
+    Blocks,
+    EquivariantLinear,
+    OpsBackend,
+    SphericalTensorProduct,
+    edge_vectors,
+    radius_edges,
+    symmetrize,
+    use_backend,
+)
 
 
 class TFNMiniConfig(BaseModel):
@@ -46,16 +51,16 @@ class TFNMini(torch.nn.Module):
         self.hidden = self.hidden_irreps(config)
         self.sh = o3.Irreps.spherical_harmonics(2)
         self.embed = torch.nn.Embedding(119, c)
-        self.node_in = ops.EquivariantLinear(node_irreps, self.hidden) if node_irreps else None
+        self.node_in = EquivariantLinear(node_irreps, self.hidden) if node_irreps else None
         self.convs = torch.nn.ModuleList()
         self.mix = torch.nn.ModuleList()
         self.radial = torch.nn.ModuleList()
         for _ in range(config.layers):
             # messages x_j ⊗ Y(r_ij), every path weighted per channel by a radial MLP, then
             # mixed back to the hidden irreps
-            tp = ops.SphericalTensorProduct(self.hidden, self.sh, [ir for _, ir in self.hidden])
+            tp = SphericalTensorProduct(self.hidden, self.sh, [ir for _, ir in self.hidden])
             self.convs.append(tp)
-            self.mix.append(ops.EquivariantLinear(tp.irreps_out, self.hidden))
+            self.mix.append(EquivariantLinear(tp.irreps_out, self.hidden))
             self.radial.append(e3nn_nn.FullyConnectedNet([config.num_basis, 32, tp.weight_numel]))
         self.expansion = BlockExpansion(layout)
         self.diag_head = o3.FullyConnectedTensorProduct(
@@ -64,7 +69,7 @@ class TFNMini(torch.nn.Module):
         self.off_head = o3.FullyConnectedTensorProduct(
             self.hidden, self.hidden, self.expansion.irreps
         )
-        ops.use_backend(self, config.ops)
+        use_backend(self, config.ops)
 
     @staticmethod
     def hidden_irreps(config: TFNMiniConfig) -> o3.Irreps:

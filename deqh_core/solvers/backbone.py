@@ -1,0 +1,104 @@
+"""Backbone specifications, and how the core turns any backbone into a Hamiltonian solver.
+
+The contract a backbone implements (small on purpose)::
+
+    model = spec.factory(config, layout, node_irreps)   # node_irreps: e3nn Irreps or None
+    injection = model.inject(batch)                       # H-independent work, once per batch
+    blocks = model(batch, node_features, injection)       # -> Blocks, exactly symmetric
+
+``node_features [n_atoms, node_irreps.dim]`` are extra equivariant per-atom inputs (None when
+``node_irreps`` is None). The core fills them by *diagonal reduction*
+(:mod:`deqh_core.ao.reduction`) of the current Hamiltonian and/or the overlap, so a backbone that
+knows nothing about H can read it and be DEQ-wrapped: ``H* = f(H*, Z, R, S)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from e3nn import o3
+from pydantic import BaseModel
+
+from deqh_core.ao.basis import AOLayout
+from deqh_core.ao.reduction import DiagonalReduction
+from deqh_core.solvers.protocol import Blocks, Capabilities
+from deqh_core.util.errors import DeqhError
+
+
+class BackboneError(DeqhError):
+    """A backbone that cannot be found, built or used as asked."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What a plugin registers for one backbone.
+
+    Attributes:
+        name: the ``--backbone`` name.
+        description: one line for ``deqh backbones``.
+        config: pydantic model of the backbone's hyperparameters (defaults = recommended).
+        factory: ``factory(config, layout, node_irreps) -> backbone`` (see module doc).
+        capabilities: whether it accepts node features, hence can read H (DEQ) and S.
+    """
+
+    name: str
+    description: str
+    config: type[BaseModel]
+    factory: Callable[[BaseModel, AOLayout, o3.Irreps | None], torch.nn.Module]
+    capabilities: Capabilities = Capabilities(reads_h=True, reads_s=True)  # noqa: RUF009 (frozen)
+
+
+class ReducedSolver(torch.nn.Module):
+    """A ``HamiltonianSolver`` from a backbone: H and/or S reach it as diagonal-reduction
+    node features (``16x0e+8x1o+4x2e`` each, H's first)."""
+
+    def __init__(
+        self, spec: BackboneSpec, config: BaseModel, layout: AOLayout, reads_h: bool, reads_s: bool
+    ):
+        super().__init__()
+
+        if (reads_h and not spec.capabilities.reads_h) or (
+            reads_s and not spec.capabilities.reads_s
+        ):
+            what = "the Hamiltonian (--deq)" if reads_h else "the overlap"
+            raise BackboneError(f"backbone {spec.name!r} cannot read {what}")
+        self.capabilities = Capabilities(reads_h=reads_h, reads_s=reads_s)
+        self.layout = layout
+        self.reduction = DiagonalReduction(layout) if (reads_h or reads_s) else None
+        n_streams = int(reads_h) + int(reads_s)
+        irreps = None
+        if n_streams:
+            irreps = o3.Irreps([(mul * n_streams, ir) for mul, ir in self.reduction.irreps_out])
+        self.node_irreps = irreps
+        self.backbone = spec.factory(config, layout, irreps)
+
+    def inject(self, batch) -> Any:
+        rows = self.reduction.rows(batch.z) if self.reduction is not None else None
+        s_features = self.reduction(batch.s_diag, rows=rows) if self.capabilities.reads_s else None
+        return self.backbone.inject(batch), s_features, rows
+
+    def forward(self, batch, h: Blocks | None, injection: Any) -> Blocks:
+        inner, s_features, rows = injection
+        features = []
+        if self.capabilities.reads_h:
+            if h is None:
+                raise BackboneError("this solver reads H: give the current Hamiltonian blocks")
+            features.append(self.reduction(h.diag, rows=rows))
+        if s_features is not None:
+            features.append(s_features)
+        node = _interleave(features, self.reduction.irreps_out) if features else None
+        return self.backbone(batch, node, inner)
+
+
+def _interleave(streams: list[torch.Tensor], irreps: o3.Irreps) -> torch.Tensor:
+    """Concatenate per-stream features irrep by irrep (all streams' 0e, then all 1o, ...), the
+    layout of ``Irreps([(mul * n, ir) for mul, ir in irreps])``."""
+    if len(streams) == 1:
+        return streams[0]
+    parts = []
+    for sl in irreps.slices():
+        parts += [x[:, sl] for x in streams]
+    return torch.cat(parts, dim=1)

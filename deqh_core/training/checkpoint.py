@@ -1,0 +1,215 @@
+"""Checkpoints of ``deqh train``: what they hold and how they are read without running code.
+
+A checkpoint is a dict written by ``torch.save`` that holds only tensors and plain Python values
+(dict, list, tuple, str, int, float, bool, None), so :func:`load_checkpoint` reads it with
+``torch.load(weights_only=True)``: a file a user is handed never executes code. A file that
+needs anything else (an arbitrary class or function: pickle's ``GLOBAL``) is refused with
+:class:`CheckpointError` before any of it is built.
+
+Keys (``format`` 2):
+
+=============  ================================================================================
+``model``      the model's ``state_dict``
+``optimizer``, ``scheduler``, ``ema``: their ``state_dict`` (``ema`` None without EMA)
+``step``       optimiser steps taken
+``best``       the best validation metrics so far
+``config``     the resolved :class:`~deqh_core.training.config.TrainConfig` (JSON types)
+``describe``   what the weights fit (:meth:`~deqh_core.training.model.HamiltonianModel.describe`)
+``split``      the molecule ids of ``train``/``val``/``test``
+``data``       the dataset's identity and the labels' recipe
+               (:func:`deqh_core.data.domain.dataset_identity`)
+``domain``     what the training part covers: elements, sizes, distances, charge
+               (:class:`deqh_core.data.domain.TrainingDomain`)
+``rng``        torch / numpy / Python / CUDA random states, as tensors and lists
+``format``     2 (checkpoints before it have no ``format``, ``data`` or ``domain``)
+=============  ================================================================================
+
+Checkpoints written before ``format`` 2 stored numpy's random state as a pickled array, so they
+need unpickling; ``deqh checkpoint upgrade OLD NEW`` converts one you trust.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from deqh_core.util.errors import CheckpointError
+from deqh_core.util.files import atomic_open
+
+__all__ = [
+    "FORMAT",
+    "CheckpointError",
+    "load_checkpoint",
+    "rng_state",
+    "same_model",
+    "save_checkpoint",
+    "set_rng_state",
+    "upgrade_checkpoint",
+]
+
+FORMAT = 2
+
+
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    """Write ``state`` atomically: a kill during the write leaves the previous file intact."""
+    with atomic_open(path, "wb") as handle:
+        torch.save(state, handle)
+    return Path(path)
+
+
+_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
+    """Read a checkpoint with ``torch.load(weights_only=True)``.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable, not a deqh checkpoint, or would need
+            unpickling arbitrary objects (then nothing of it was run).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = _GLOBAL.search(str(err))
+        if found is None:
+            reason = _first_line(err)
+            raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
+        name = found.group(1)
+        hint = (
+            "If it is a checkpoint of deqh before format 2 (which pickled numpy's random state) "
+            f"that you made yourself or otherwise trust, convert it with `deqh checkpoint upgrade "
+            f"{path} NEW.pt`"
+            if name.startswith("numpy")
+            else "deqh never writes such objects: do not load this file"
+        )
+        raise CheckpointError(
+            f"{path}: refused: loading it would unpickle the Python object {name!r}, and "
+            f"unpickling can run code; deqh checkpoints hold only tensors and plain values. {hint}"
+        ) from None
+    except Exception as err:
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint ({type(err).__name__}: {_first_line(err)})"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state or "describe" not in state:
+        raise CheckpointError(f"{path}: not a deqh checkpoint")
+    return state
+
+
+def _first_line(err: Exception) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
+
+
+# what checkpoints written before a model option existed built: that option's default
+_DESCRIBE_DEFAULTS = {"prior": "none", "prior_basis": "ao"}
+
+
+def recorded_model(state: dict) -> dict:
+    """The ``describe`` of a checkpoint, with the defaults of options added since it was
+    written."""
+    return {**_DESCRIBE_DEFAULTS, **state["describe"]}
+
+
+def same_model(a: dict, b: dict) -> bool:
+    """Whether two ``describe`` dicts name the same model (tuples and lists compare equal)."""
+    return _plain(a) == _plain(b)
+
+
+def _plain(value):
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+# ----------------------------------------------------------------------------------------------
+# random states as tensors and plain values
+
+
+def rng_state() -> dict:
+    """The torch, numpy (global), Python and CUDA random states, storable with
+    ``weights_only``: numpy's Mersenne-Twister keys as an int64 tensor, Python's state as a
+    list."""
+    numpy_state = np.random.get_state()  # noqa: NPY002 - the global state is what we restore
+    state = {"torch": torch.get_rng_state(), **_storable(numpy_state, random.getstate())}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _storable(numpy_state: tuple, python_state: tuple) -> dict:
+    """numpy's and Python's random states as tensors and plain lists (``weights_only``)."""
+    kind, keys, pos, has_gauss, gauss = numpy_state
+    version, internal, gauss_next = python_state
+    return {
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(gauss),
+        },
+        "python": [int(version), list(internal), gauss_next],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`rng_state` returned."""
+    torch.set_rng_state(state["torch"].cpu())
+    n = state["numpy"]
+    keys = n["keys"].cpu().numpy().astype(np.uint32)
+    np.random.set_state(  # noqa: NPY002
+        (n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+# ----------------------------------------------------------------------------------------------
+# old checkpoints
+
+
+def upgrade_checkpoint(source: str | Path, target: str | Path) -> dict:
+    """Convert a checkpoint of deqh before ``format`` 2 into one :func:`load_checkpoint` reads.
+
+    This *unpickles* ``source`` (``weights_only=False``), which runs any code the file holds:
+    use it only on files you trust. The dataset identity and training domain of format 2 are
+    not recorded (the run's data is not re-read); commands that need them say so.
+    """
+    source, target = Path(source), Path(target)
+    if not source.is_file():
+        raise CheckpointError(f"{source}: no such checkpoint")
+    if target.exists():
+        raise CheckpointError(f"{target}: exists; choose a new file (nothing was overwritten)")
+    try:
+        state = torch.load(source, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise CheckpointError(f"{source}: not a readable checkpoint ({_first_line(err)})") from None
+    if not isinstance(state, dict) or "model" not in state or "describe" not in state:
+        raise CheckpointError(f"{source}: not a deqh checkpoint")
+    state = dict(state)
+    rng = state.get("rng")
+    if isinstance(rng, dict) and isinstance(rng.get("numpy"), tuple):
+        state["rng"] = {**rng, **_storable(rng["numpy"], rng["python"])}
+    state["describe"] = _plain(state["describe"])
+    state["format"] = FORMAT
+    state.setdefault("upgraded_from", str(source))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(state, target)
+    try:
+        return load_checkpoint(target)
+    except CheckpointError as err:
+        target.unlink()
+        raise CheckpointError(
+            f"{source}: holds objects other than tensors and plain values, so it cannot be "
+            f"converted ({err})"
+        ) from None
