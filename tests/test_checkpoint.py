@@ -116,6 +116,39 @@ def test_a_checkpoint_that_needs_unpickling_is_refused_and_runs_nothing(run, tmp
     assert not marker.exists() and not (tmp_path / "p").exists()
 
 
+def test_checkpoint_upgrade_runs_no_code_and_upgrades_nothing_current(run, tmp_path):
+    state = load_checkpoint(run / "runs/a/last.pt")
+    marker = tmp_path / "pwned"
+    old = {k: v for k, v in state.items() if k not in ("data", "domain", "format")}
+    old["rng"] = {**old["rng"], "numpy": np.random.get_state()}  # noqa: NPY002 - format 1
+    payloads = {
+        "old_with_payload.pt": {**old, "extra": _WritesAFile(marker)},
+        "plain_pickle.pt": _WritesAFile(marker),
+    }
+    for name, payload in payloads.items():
+        torch.save(payload, tmp_path / name)
+        result = runner.invoke(
+            app, ["checkpoint", "upgrade", str(tmp_path / name), str(tmp_path / f"new_{name}")]
+        )
+        assert result.exit_code == 1 and "refused" in result.output, result.output
+        assert "nothing of it was run" in result.output
+        assert not marker.exists() and not (tmp_path / f"new_{name}").exists()
+    current = run / "runs/a/last.pt"
+    result = runner.invoke(app, ["checkpoint", "upgrade", str(current), str(tmp_path / "n.pt")])
+    assert result.exit_code == 1 and "nothing to upgrade" in result.output
+    assert not (tmp_path / "n.pt").exists()
+
+
+def test_random_bytes_are_not_a_checkpoint_and_torchs_unsafe_advice_is_not_passed_on(tmp_path):
+    noise = tmp_path / "noise.pt"
+    noise.write_bytes(np.random.default_rng(0).bytes(4096))
+    for args in (["checkpoint", "info", str(noise)], ["checkpoint", "upgrade", str(noise), "x"]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1
+        assert f"{noise}: not a readable checkpoint" in result.output
+        assert "weights_only" not in result.output, result.output
+
+
 def test_an_old_pickled_checkpoint_is_refused_with_a_way_to_convert_it(run, tmp_path):
     state = load_checkpoint(run / "runs/a/last.pt")
     old = {k: v for k, v in state.items() if k not in ("data", "domain", "format")}

@@ -38,12 +38,13 @@ def checkpoint_info(
 
 @checkpoint_app.command("upgrade")
 def checkpoint_upgrade(
-    source: Annotated[Path, typer.Argument(help="Checkpoint of an older deqh (trusted).")],
+    source: Annotated[Path, typer.Argument(help="Checkpoint of an older deqh.")],
     target: Annotated[Path, typer.Argument(help="New file to write.")],
 ) -> None:
-    """Convert a checkpoint of an older deqh so that it loads without unpickling.
+    """Convert a checkpoint of an older deqh (before format 2) into the current format.
 
-    Reading SOURCE unpickles it, which runs whatever code it holds: only for files you trust.
+    SOURCE is read allowing only the numpy types of the random state older checkpoints
+    pickled; a file that needs anything else is refused and nothing of it runs.
     """
     # imported when the command runs, so that `deqh --help` stays fast
     from deqh_core.training.checkpoint import upgrade_checkpoint

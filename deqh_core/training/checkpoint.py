@@ -24,8 +24,10 @@ Keys (``format`` 2):
 ``format``     2 (checkpoints before it have no ``format``, ``data`` or ``domain``)
 =============  ================================================================================
 
-Checkpoints written before ``format`` 2 stored numpy's random state as a pickled array, so they
-need unpickling; ``deqh checkpoint upgrade OLD NEW`` converts one you trust.
+Checkpoints written before ``format`` 2 stored numpy's random state as a pickled array;
+``deqh checkpoint upgrade OLD NEW`` converts one, reading it with ``weights_only=True`` and an
+allow-list of exactly the numpy types such an array needs (:data:`NUMPY_RNG_GLOBALS`), so an
+upgrade never runs code either.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def save_checkpoint(state: dict, path: str | Path) -> Path:
 
 
 _GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+_BUILD = re.compile(r"but got <class '([\w.]+)'>")
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
@@ -82,8 +85,10 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     except pickle.UnpicklingError as err:
         found = _GLOBAL.search(str(err))
         if found is None:
-            reason = _first_line(err)
-            raise CheckpointError(f"{path}: not a readable checkpoint ({reason})") from None
+            raise CheckpointError(
+                f"{path}: not a readable checkpoint (corrupt, or not written by torch.save: "
+                f"{_reason(err)})"
+            ) from None
         name = found.group(1)
         hint = (
             "If it is a checkpoint of deqh before format 2 (which pickled numpy's random state) "
@@ -97,9 +102,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
             f"unpickling can run code; deqh checkpoints hold only tensors and plain values. {hint}"
         ) from None
     except Exception as err:
-        raise CheckpointError(
-            f"{path}: not a readable checkpoint ({type(err).__name__}: {_first_line(err)})"
-        ) from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_reason(err)})") from None
     if not isinstance(state, dict) or "model" not in state or "describe" not in state:
         raise CheckpointError(f"{path}: not a deqh checkpoint")
     return state
@@ -108,6 +111,17 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
 def _first_line(err: Exception) -> str:
     lines = [line for line in str(err).splitlines() if line.strip()]
     return lines[0] if lines else type(err).__name__
+
+
+def _reason(err: Exception) -> str:
+    """What is wrong with a file torch could not load, without torch's advice to retry with
+    ``weights_only=False`` (which would run the file's code): the weights-only unpickler's own
+    finding, else the first sentence of the error."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
+        return " ".join(detail.split()) or type(err).__name__
+    return _first_line(err).split(". ")[0]
 
 
 # what checkpoints written before a model option existed built: that option's default
@@ -178,12 +192,36 @@ def set_rng_state(state: dict) -> None:
 # old checkpoints
 
 
+def _numpy_rng_globals() -> list:
+    """The globals a pickled numpy array needs, and nothing else: its reconstructor (under
+    numpy 2's module name and numpy 1's, which older checkpoints record), ``ndarray`` and
+    ``dtype`` and the dtype of its uint32 keys."""
+    rebuild = np.ndarray.__reduce__(np.zeros(1))[0]  # numpy's _reconstruct, wherever it lives
+    return [
+        rebuild,
+        (rebuild, "numpy.core.multiarray._reconstruct"),
+        np.ndarray,
+        np.dtype,
+        type(np.dtype(np.uint32)),
+    ]
+
+
+NUMPY_RNG_GLOBALS = _numpy_rng_globals()
+"""The allow-list :func:`upgrade_checkpoint` reads format-1 checkpoints with."""
+
+
 def upgrade_checkpoint(source: str | Path, target: str | Path) -> dict:
     """Convert a checkpoint of deqh before ``format`` 2 into one :func:`load_checkpoint` reads.
 
-    This *unpickles* ``source`` (``weights_only=False``), which runs any code the file holds:
-    use it only on files you trust. The dataset identity and training domain of format 2 are
-    not recorded (the run's data is not re-read); commands that need them say so.
+    ``source`` is read with ``torch.load(weights_only=True)`` allowing only the numpy types of
+    the random state older checkpoints pickled (:data:`NUMPY_RNG_GLOBALS`): a file that needs
+    anything else is refused before any of it is built, so nothing in it runs. The dataset
+    identity and training domain of format 2 are not recorded (the run's data is not re-read);
+    commands that need them say so.
+
+    Raises:
+        CheckpointError: missing ``source``, existing ``target``, a file that is not a deqh
+            checkpoint, needs other objects, or is already in the current format.
     """
     source, target = Path(source), Path(target)
     if not source.is_file():
@@ -191,11 +229,25 @@ def upgrade_checkpoint(source: str | Path, target: str | Path) -> dict:
     if target.exists():
         raise CheckpointError(f"{target}: exists; choose a new file (nothing was overwritten)")
     try:
-        state = torch.load(source, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(NUMPY_RNG_GLOBALS):
+            state = torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = _GLOBAL.search(str(err)) or _BUILD.search(str(err))
+        if found is None:
+            raise CheckpointError(
+                f"{source}: not a readable checkpoint (corrupt, or not written by torch.save: "
+                f"{_reason(err)})"
+            ) from None
+        raise CheckpointError(
+            f"{source}: refused: it needs the Python object {found.group(1)!r}, which no deqh "
+            "checkpoint holds, and unpickling it could run code (nothing of it was run)"
+        ) from None
     except Exception as err:
-        raise CheckpointError(f"{source}: not a readable checkpoint ({_first_line(err)})") from None
+        raise CheckpointError(f"{source}: not a readable checkpoint ({_reason(err)})") from None
     if not isinstance(state, dict) or "model" not in state or "describe" not in state:
         raise CheckpointError(f"{source}: not a deqh checkpoint")
+    if state.get("format") == FORMAT:
+        raise CheckpointError(f"{source}: already in format {FORMAT}; nothing to upgrade")
     state = dict(state)
     rng = state.get("rng")
     if isinstance(rng, dict) and isinstance(rng.get("numpy"), tuple):
