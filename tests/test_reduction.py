@@ -202,6 +202,18 @@ def test_zero_input_and_padding_give_no_nan():
         torch.testing.assert_close(module(noisy, z), module(h, z), atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("kind", ["S", "hcore"])
+def test_float32_features_of_an_atom_do_not_depend_on_its_batch_mates(kind):
+    """l > 0 features are small differences of large on-site entries (exactly 0 for S), and the
+    normalisation divides them by their own size: computed in float32, their rounding depended
+    on how the BLAS blocked the batch and came out as ~1e-2 feature changes."""
+    layout, h, z = _diag([WATER, *[METHANOL] * 20], "def2-svp", kind)
+    module = DiagonalReduction(layout).to(torch.float32)
+    together = module(h.float(), z)
+    alone = module(h[:3].float(), z[:3])
+    torch.testing.assert_close(together[:3], alone, atol=1e-6, rtol=0)
+
+
 def test_module_follows_dtype_and_rejects_unknown_elements():
     layout, h, z = _diag([WATER], "def2-svp", "hcore")
     module = DiagonalReduction(layout)

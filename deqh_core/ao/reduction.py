@@ -286,14 +286,18 @@ class DiagonalReduction(torch.nn.Module):
             ``[n_atoms, 60]`` features ``16x0e + 8x1o + 4x2e`` in ``diag``'s dtype and device.
         """
         row = self.rows(z) if rows is None else rows
-        table = self.table.to(diag.dtype)
+        # in float64 whatever the model's dtype: the l > 0 features are small differences of
+        # large on-site entries (O's scalars ~100 against l > 0 parts ~1e-3 for a Fock matrix;
+        # exactly 0 for S and the identity), and the normalisation divides them by their own
+        # size, so float32 rounding, which depends on how the BLAS blocks the batch, would
+        # become features that change by ~1e-2 with the molecule's batch-mates
+        table = self.table.to(torch.float64)
         # every atom against every element's table in one matmul, then pick its own element:
         # layouts hold few elements, and this avoids materialising [n_atoms, A, A, 60]
-        per_element = torch.einsum("nab,eabk->nek", diag, table)
+        per_element = torch.einsum("nab,eabk->nek", diag.to(torch.float64), table)
         index = row[:, None, None].expand(-1, 1, N_AUX)
         x = per_element.gather(1, index).squeeze(1)
-        if self.normalize == "none":
-            return x
-        mean_square = (x * x) @ self.group.to(x.dtype)
-        scale = torch.rsqrt(mean_square + self.eps**2)
-        return x * scale[:, self.group_of]
+        if self.normalize != "none":
+            mean_square = (x * x) @ self.group.to(x.dtype)
+            x = x * torch.rsqrt(mean_square + self.eps**2)[:, self.group_of]
+        return x.to(diag.dtype)

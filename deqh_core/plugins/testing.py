@@ -20,6 +20,7 @@ Run it in a plugin's own tests, or from the shell: ``deqh backbones check NAME``
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,7 @@ from deqh_core.solvers.backbone import BackboneSpec, ReducedSolver
 from deqh_core.solvers.deq import DEQConfig, DEQHamiltonianSolver
 from deqh_core.solvers.prior import InitialGuess, PriorResidual
 from deqh_core.solvers.protocol import Blocks
+from deqh_core.util.device import to_device
 
 # Small real molecules (Å): water and methanol, H/C/O in def2-SVP.
 KIT_MOLECULES: dict[str, tuple[list[int], list[list[float]]]] = {
@@ -54,6 +56,11 @@ KIT_MOLECULES: dict[str, tuple[list[int], list[list[float]]]] = {
         ],
     ),
 }
+
+
+FLOAT32_BATCH_TOL = 1e-5
+"""Largest change, relative to the output's scale, of a float32 molecule's blocks between alone
+and in a batch (float32 rounding is ~6e-8 relative; the DEQ's iterations may grow it)."""
 
 
 @dataclass
@@ -86,8 +93,10 @@ def _item(z, pos, layout: AOLayout, mol_id: int, prior: str = "none", lowdin: bo
     return item
 
 
-def _run(solver, items, deq_config=None):
+def _run(solver, items, deq_config=None, dtype=None):
     batch = Batch.from_data_list(items)
+    if dtype is not None:
+        batch = to_device(batch, batch.z.device, dtype)
     if solver.capabilities.reads_h:
         wrapper = DEQHamiltonianSolver(solver, deq_config)
         blocks, diagnostics = wrapper(batch)
@@ -233,6 +242,21 @@ def _check_mode(
     first_atoms, first_pairs = len(other_z), len(other_z) * (len(other_z) - 1)
     inside = Blocks(both.diag[first_atoms:], both.off[first_pairs:])
     record("same alone and inside a batch", diff(inside, ref))
+
+    # float32, whose rounding depends on how a batch is blocked: the molecule keeps its answer
+    # (a DEQ its evaluations) beside batch-mates that converge faster and slower than it
+    single = copy.deepcopy(solver).to(torch.float32)
+    mates = [item(other_z, other_pos, 1), item(z, pos * 1.15, 2)]
+    _, alone, d_alone = _run(single, [reference], deq_config, torch.float32)
+    _, crowd, d_crowd = _run(single, [*mates, reference], deq_config, torch.float32)
+    n_atoms = sum(len(m.z) for m in mates)
+    n_pairs = sum(m.pair_index.shape[1] for m in mates)
+    inside = Blocks(crowd.diag[n_atoms:], crowd.off[n_pairs:])
+    record("same alone and inside a batch, float32", diff(inside, alone), FLOAT32_BATCH_TOL)
+    if d_alone is not None:
+        same = int(d_alone.nstep[0]) == int(d_crowd.nstep[-1])
+        detail = f"{int(d_alone.nstep[0])} alone, {int(d_crowd.nstep[-1])} in the batch"
+        out.append(CheckResult(mode, "same DEQ evaluations alone and in a batch", same, detail))
 
     if solver.capabilities.reads_h:
         ok = (
