@@ -131,6 +131,29 @@ def test_two_plugins_claiming_one_name(example_plugin):
         plugins.plugin_manager().unregister(name="clash")
 
 
+def test_a_plugin_hook_that_raises_or_returns_junk_is_named_not_a_traceback():
+    class Raises:
+        @hookimpl
+        def deqh_backbones(self):
+            raise KeyError("oops")
+
+    class Junk:
+        @hookimpl
+        def deqh_backbones(self):
+            return ["not a spec"]
+
+    for plugin, message in ((Raises(), "hook raised KeyError: 'oops'"), (Junk(), "got str")):
+        plugins.register(plugin, name="broken")
+        try:
+            with pytest.raises(plugins.PluginError, match=r"plugin 'broken' .*") as err:
+                plugins.backbones()
+            assert message in str(err.value)
+            result = CliRunner().invoke(app, ["backbones"])
+            assert result.exit_code == 1 and "plugin 'broken'" in result.output
+        finally:
+            plugins.plugin_manager().unregister(name="broken")
+
+
 def test_plugin_that_raises_on_import(tmp_path):
     dist = tmp_path / "brokenplug-1.0.dist-info"
     dist.mkdir()

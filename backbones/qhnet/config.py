@@ -18,7 +18,7 @@ class QHNetConfig(BaseModel):
     basis functions, self/pair interaction on the last 2 layers). Unknown keys are errors.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     l_max: int = Field(
         4, ge=1, le=8, description="order of the edge spherical harmonics and of the hidden irreps"

@@ -262,7 +262,8 @@ def select_ids(
     limit: int | None = None,
 ) -> np.ndarray:
     """QH9-stable ids (ascending) in ``part`` of ``split``, with at most ``max_atoms`` atoms,
-    among ``ids`` if given, the first ``limit`` of them if given.
+    among ``ids`` if given, the first ``limit`` of them if given. An empty selection is an
+    error (a command would otherwise write an empty file and succeed).
 
     ``n_atoms`` ``[130831]``: the atom count of every QH9-stable molecule.
     """
@@ -290,6 +291,11 @@ def select_ids(
     if max_atoms is not None:
         keep &= n_atoms <= max_atoms
     selected = every[keep]
+    if not selected.size:
+        given = [f"split {split}", f"part {part}"]
+        given += [] if max_atoms is None else [f"at most {max_atoms} atoms"]
+        given += [] if ids is None else [f"{len(ids)} --ids"]
+        raise DataError(f"no QH9-stable molecule matches the selection ({', '.join(given)})")
     return selected if limit is None else selected[:limit]
 
 

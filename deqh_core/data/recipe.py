@@ -27,7 +27,7 @@ class Recipe(BaseModel):
     Only closed-shell RKS labels are supported so far (``spin`` must be 0).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     xc: str = "b3lyp5"
     basis: str = "def2-svp"

@@ -90,7 +90,7 @@ class Split:
             raise DataError(f"{path}: not a valid split file ({err!r})") from None
 
 
-def _parse_sizes(sizes: Sizes) -> tuple[list, bool]:
+def parse_sizes(sizes: Sizes) -> tuple[list, bool]:
     """``(values, are_fractions)``. Ints are counts, floats fractions; a string such as
     ``"500/500/4000"`` or ``"0.8/0.1/0.1"`` is parsed; one ``None`` means "all the rest"."""
     if isinstance(sizes, str):
@@ -172,7 +172,7 @@ def random_split(ids: Sequence[int] | np.ndarray, sizes: Sizes, seed: int) -> Sp
     ``sizes=(0.8, 0.1, 0.1), seed=43`` this is QH9-stable-id's split.
     """
     arr = np.sort(_ids_array(ids))
-    values, fractions = _parse_sizes(sizes)
+    values, fractions = parse_sizes(sizes)
     n_train, n_val, n_test = _counts(arr.size, values, fractions).tolist()
     order = np.random.RandomState(seed).permutation(arr.size)
     part = np.full(arr.size, -1)
@@ -276,7 +276,7 @@ def group_split(
     """
     arr = _ids_array(ids)
     keys, index = _group_index(groups, arr.size)
-    values, fractions = _parse_sizes(sizes)
+    values, fractions = parse_sizes(sizes)
     n_train, n_val, n_test = _counts(len(keys), values, fractions).tolist()
     order = list(range(len(keys)))
     random.Random(seed).shuffle(order)
@@ -301,7 +301,7 @@ def within_group_split(
     _, index = _group_index(groups, arr.size)
     by_id = np.argsort(arr)  # draw the random keys in id order: independent of input order
     arr, index = arr[by_id], index[by_id]
-    values, fractions = _parse_sizes(sizes)
+    values, fractions = parse_sizes(sizes)
     group_size = np.bincount(index)
     counts = _counts(group_size, values, fractions)  # [n_groups, 3]
     # Random order inside each group: sort by (group, random key); rank = position in group.

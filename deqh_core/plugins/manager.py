@@ -94,7 +94,20 @@ def backbones() -> dict[str, Registered]:
     found: dict[str, Registered] = {}
     for impl in pm.hook.deqh_backbones.get_hookimpls():
         package = _packages.get(impl.plugin_name, "(registered at runtime)")
-        for spec in impl.function() or []:
+        try:
+            specs = list(impl.function() or [])
+        except Exception as err:  # a plugin's own bug: name it instead of a traceback
+            raise PluginError(
+                f"plugin {impl.plugin_name!r} ({package}): its deqh_backbones() hook raised "
+                f"{type(err).__name__}: {err}"
+            ) from None
+        bad = [s for s in specs if not isinstance(s, BackboneSpec)]
+        if bad:
+            raise PluginError(
+                f"plugin {impl.plugin_name!r} ({package}): deqh_backbones() must return "
+                f"BackboneSpec objects, got {type(bad[0]).__name__}"
+            )
+        for spec in specs:
             if spec.name in found:
                 other = found[spec.name]
                 raise PluginError(

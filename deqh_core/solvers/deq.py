@@ -165,7 +165,7 @@ class DEQConfig(BaseModel):
             for the solve to converge, at the price of a slower fit (docs/training.md).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     f_solver: str = "fixed_point_iter"
     b_solver: str = "fixed_point_iter"

@@ -11,8 +11,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from deqh_core.data.splits import parse_sizes
 from deqh_core.plugins.manager import get_backbone
 from deqh_core.solvers.deq import DEQConfig
 from deqh_core.util.errors import ConfigError, validation_message
@@ -20,7 +28,7 @@ from deqh_core.util.files import atomic_write, read_settings
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DataConfig(_Strict):
@@ -35,6 +43,13 @@ class DataConfig(_Strict):
         description="qh9_stable_*: QH9's parts by QH9-stable id, for files made by deqh data qh9",
     )
     sizes: str = Field("0.8/0.1/0.1", description="train/val/test fractions or counts")
+
+    @field_validator("sizes")
+    @classmethod
+    def _readable_sizes(cls, sizes: str) -> str:
+        parse_sizes(sizes)  # raises ValueError naming what is wrong
+        return sizes
+
     split_seed: int = 0
     batch_size: int = Field(8, ge=1)
     val_batch_size: int | None = Field(None, ge=1)

@@ -53,23 +53,56 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
     return Path(path)
 
 
-def read_settings(path: str | Path) -> Any:
-    """The content of a YAML (``.yaml``/``.yml``), TOML or JSON settings file (a config or a
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last
+    silently, so a typo'd duplicate would change a run without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise yaml.constructor.ConstructorError(
+                    problem=f"line {line}: key {key!r} appears twice"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _unique_pairs(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(f"key(s) {', '.join(map(repr, twice))} appear twice")
+    return dict(pairs)
+
+
+def read_settings(path: str | Path) -> dict:
+    """The mapping in a YAML (``.yaml``/``.yml``), TOML or JSON settings file (a config or a
     recipe); an empty YAML file is ``{}``.
 
     Raises:
-        ConfigError: missing, unparsable (the parser's message) or of another suffix.
+        ConfigError: missing, unparsable (the parser's message, with the line), a key given
+            twice, a top level that is not a mapping, or another suffix.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
+    if path.suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise ConfigError(f"{path}: config files are .yaml, .yml, .toml or .json")
     try:
+        text = path.read_text()
         if path.suffix == ".toml":
-            return tomllib.loads(path.read_text())
-        if path.suffix in (".yaml", ".yml"):
-            return yaml.safe_load(path.read_text()) or {}
-        if path.suffix == ".json":
-            return json.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, yaml.YAMLError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{path}: cannot parse: {err}") from None
-    raise ConfigError(f"{path}: config files are .yaml, .yml, .toml or .json")
+            content = tomllib.loads(text)
+        elif path.suffix == ".json":
+            content = json.loads(text, object_pairs_hook=_unique_pairs)
+        else:
+            content = yaml.load(text, Loader=_UniqueKeyLoader) or {}
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, ValueError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot parse: {' '.join(str(err).split())}") from None
+    if not isinstance(content, dict):
+        raise ConfigError(
+            f"{path}: the top level must be a mapping of settings, not a {type(content).__name__}"
+        )
+    return content

@@ -1,0 +1,56 @@
+"""A catalogue of bad inputs: each ends with one line naming the file, record or key and what is
+wrong, a non-zero exit, and nothing written (more cases: test_checkpoint.py, test_trust.py,
+test_evaluate.py)."""
+
+import pytest
+from typer.testing import CliRunner
+
+from deqh_core.cli import app
+
+runner = CliRunner()
+
+CONFIGS = {
+    "list.yaml": ("- 1\n- 2\n", "the top level must be a mapping of settings, not a list"),
+    "dup.yaml": ("optim:\n  lr: 0.001\n  lr: 0.002\n", "line 3: key 'lr' appears twice"),
+    "dup.json": ('{"optim": {"lr": 1, "lr": 2}}', "key(s) 'lr' appear twice"),
+    "bad.toml": ("[optim\nlr = 1\n", "cannot parse"),
+    "nan.yaml": ("optim:\n  lr: .nan\n", "optim.lr: Input should be a finite number"),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_a_bad_config_file_is_one_line_naming_it_and_trains_nothing(name, tmp_path):
+    text, message = CONFIGS[name]
+    (tmp_path / name).write_text(text)
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--config", str(tmp_path / name), "--out", str(out)])
+    assert result.exit_code == 1, result.output
+    assert message in result.output and name in result.output
+    assert len(result.output.strip().splitlines()) == 1  # no traceback
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("optim.lr=inf", "optim.lr: Input should be a finite number"),
+        ("deq.f_tol=.nan", "deq.f_tol: Input should be a finite number"),
+        ("data.sizes=abc", "data.sizes: Value error, cannot read 'abc' as a size"),
+        ("data.sizes=0.5/0.5/0.5", "data.sizes: Value error, fractions"),
+    ],
+)
+def test_a_bad_setting_is_refused_before_anything_runs(setting, message, tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--set", setting, "--out", str(out)])
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_an_empty_qh9_selection_is_refused_and_writes_no_file(tmp_path):
+    out = tmp_path / "none.db"
+    result = runner.invoke(app, ["data", "qh9", str(out), "--part", "train", "--max-atoms", "1"])
+    assert result.exit_code == 1
+    assert "no QH9-stable molecule matches the selection" in result.output
+    assert "at most 1 atoms" in result.output
+    assert not out.exists()
