@@ -2,10 +2,15 @@
 wrong, a non-zero exit, and nothing written (more cases: test_checkpoint.py, test_trust.py,
 test_evaluate.py)."""
 
+import shutil
+import sqlite3
+
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from deqh_core.cli import app
+from deqh_core.data.dataset import BUNDLED
 
 runner = CliRunner()
 
@@ -54,3 +59,29 @@ def test_an_empty_qh9_selection_is_refused_and_writes_no_file(tmp_path):
     assert "no QH9-stable molecule matches the selection" in result.output
     assert "at most 1 atoms" in result.output
     assert not out.exists()
+
+
+def test_a_dataset_without_molecules_is_named_as_such(tmp_path):
+    empty = tmp_path / "empty.db"
+    shutil.copy(BUNDLED, empty)
+    with sqlite3.connect(empty) as db:
+        db.execute("DELETE FROM data")
+    out = tmp_path / "run"
+    for args in (["data", "check", str(empty)], ["train", "--data", str(empty), "--out", str(out)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1
+        assert f"{empty}: holds no molecules (its data table is empty)" in result.output
+    assert not out.exists()
+
+
+def test_a_record_with_an_impossible_atomic_number_is_named(tmp_path):
+    bad = tmp_path / "badz.db"
+    shutil.copy(BUNDLED, bad)
+    with sqlite3.connect(bad) as db:
+        mol_id, blob = db.execute("SELECT id, Z FROM data ORDER BY id LIMIT 1").fetchone()
+        z = np.frombuffer(blob, dtype="<i4").copy()
+        z[0] = 120
+        db.execute("UPDATE data SET Z = ? WHERE id = ?", (z.tobytes(), mol_id))
+    result = runner.invoke(app, ["data", "check", str(bad)])
+    assert result.exit_code == 1
+    assert f"{bad}: molecule id {mol_id}: atomic number 120 is not an element" in result.output

@@ -99,8 +99,10 @@ def test_checkpoint_errors(example_plugin, tmp_path):
     other = _config(tmp_path / "run").model_copy(
         update={"model": _config(tmp_path).model.model_copy(update={"deq": False})}
     )
-    with pytest.raises(CheckpointError, match="checkpoint is for"):
+    with pytest.raises(CheckpointError, match="not this run's") as err:
         Trainer(other).restore(load_checkpoint(tmp_path / "run" / "last.pt"))
+    assert "deq: True -> False" in str(err.value)  # the difference, not two whole dicts
+    assert len(str(err.value)) < 200
 
 
 def test_config_errors_name_the_field(tmp_path):

@@ -220,6 +220,10 @@ class HamiltonianDataset(Dataset):
             raise DataError(f"{self.path}: labels are in basis {recipe['basis']!r}, not {basis!r}")
         self.recipe = recipe
         self.ids = list(reader.ids()) if ids is None else [int(i) for i in ids]
+        if not self.ids and ids is None:
+            failed = getattr(reader, "failures", dict)()
+            why = f"; all {len(failed)} of its tasks failed (deqh data check)" if failed else ""
+            raise DataError(f"{self.path}: holds no molecules (its data table is empty{why})")
         if layout is None:
             layout = AOLayout(basis, _elements(reader))
         elif layout.basis.lower() != basis.lower():

@@ -138,10 +138,22 @@ class HamiltonianDB:
         return [int(r[0]) for r in self._query(f"SELECT {self._key} FROM data ORDER BY 1")]
 
     def elements(self) -> list[int]:
-        """Atomic numbers present in the file (reads only the Z column)."""
+        """Atomic numbers present in the file (reads only the id and Z columns).
+
+        Raises:
+            DataError: a record holds a number that is no element (outside 1-118); names it.
+        """
         found: set[int] = set()
-        for (blob,) in self._query(f"SELECT {self._select[2]} FROM data"):
-            found.update(np.frombuffer(blob, dtype="<i4").tolist())
+        query = f"SELECT {self._select[0]}, {self._select[2]} FROM data"
+        for mol_id, blob in self._query(query):
+            z = np.frombuffer(blob, dtype="<i4")
+            if z.size and (z.min() < 1 or z.max() > 118):
+                bad = int(z[(z < 1) | (z > 118)][0])
+                raise DataError(
+                    f"{self.path}: molecule id {mol_id}: atomic number {bad} is not an element "
+                    "(1-118)"
+                )
+            found.update(z.tolist())
         return sorted(found)
 
     def infos(self) -> list[MoleculeInfo]:

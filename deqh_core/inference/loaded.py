@@ -42,7 +42,12 @@ from deqh_core.plugins.manager import get_backbone
 from deqh_core.solvers.deq import DEQDiagnostics, DEQHamiltonianSolver
 from deqh_core.solvers.prior import InitialGuess, PriorCache, check_prior_recipe, start_kind
 from deqh_core.solvers.protocol import Blocks
-from deqh_core.training.checkpoint import load_checkpoint, recorded_model, same_model
+from deqh_core.training.checkpoint import (
+    load_checkpoint,
+    model_difference,
+    recorded_model,
+    same_model,
+)
 from deqh_core.training.config import TrainConfig, load_config
 from deqh_core.training.model import HamiltonianModel
 from deqh_core.util.device import resolve_device, to_device
@@ -274,8 +279,9 @@ def load_model(
             raise type(err)(f"{path}: {err}") from None
     if not same_model(model.describe(), describe):
         raise CheckpointError(
-            f"{path}: checkpoint is for {describe}, but its config builds {model.describe()} "
-            "(was the backbone's plugin changed?)"
+            f"{path}: its config builds another model than the one it holds (checkpoint -> "
+            f"built: {model_difference(describe, model.describe())}; was the backbone's plugin "
+            "changed?)"
         )
     started = state.get("ema") is not None and state.get("step", 0) > config.optim.ema_start_step
     if ema and state.get("ema") is None:

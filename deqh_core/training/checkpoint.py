@@ -49,6 +49,7 @@ __all__ = [
     "FORMAT",
     "CheckpointError",
     "load_checkpoint",
+    "model_difference",
     "rng_state",
     "same_model",
     "save_checkpoint",
@@ -137,6 +138,13 @@ def recorded_model(state: dict) -> dict:
 def same_model(a: dict, b: dict) -> bool:
     """Whether two ``describe`` dicts name the same model (tuples and lists compare equal)."""
     return _plain(a) == _plain(b)
+
+
+def model_difference(a: dict, b: dict) -> str:
+    """Where two ``describe`` dicts differ, key by key: ``"elements: [1, 6, 8] -> [1, 8]"``."""
+    a, b = _plain(a), _plain(b)
+    keys = [k for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+    return "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys)
 
 
 def _plain(value):

@@ -47,6 +47,7 @@ from deqh_core.training.checkpoint import (
     FORMAT,
     CheckpointError,
     load_checkpoint,
+    model_difference,
     recorded_model,
     rng_state,
     same_model,
@@ -271,8 +272,8 @@ class Trainer:
     def restore(self, state: dict) -> None:
         if not same_model(recorded_model(state), self.model.describe()):
             raise CheckpointError(
-                f"checkpoint is for {state['describe']}, not this run's model "
-                f"{self.model.describe()}"
+                "the checkpoint's model is not this run's (checkpoint -> this run: "
+                f"{model_difference(state['describe'], self.model.describe())})"
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
