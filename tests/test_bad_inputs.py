@@ -4,6 +4,7 @@ test_evaluate.py)."""
 
 import shutil
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from deqh_core.cli import app
 from deqh_core.data.dataset import BUNDLED
 
 runner = CliRunner()
+OLD_CHECKPOINT = Path(__file__).parent / "data" / "main_13b289f" / "best.pt"
 
 CONFIGS = {
     "list.yaml": ("- 1\n- 2\n", "the top level must be a mapping of settings, not a list"),
@@ -85,3 +87,13 @@ def test_a_record_with_an_impossible_atomic_number_is_named(tmp_path):
     result = runner.invoke(app, ["data", "check", str(bad)])
     assert result.exit_code == 1
     assert f"{bad}: molecule id {mol_id}: atomic number 120 is not an element" in result.output
+
+
+def test_scf_on_an_odd_electron_molecule_names_the_file_and_writes_nothing(tmp_path):
+    radical = tmp_path / "oh.xyz"
+    radical.write_text("2\nOH radical\nO 0 0 0\nH 0 0 0.97\n")
+    out = tmp_path / "scf"
+    result = runner.invoke(app, ["scf", str(OLD_CHECKPOINT), str(radical), "--out", str(out)])
+    assert result.exit_code == 1
+    assert f"{radical}: frame 0: 9 electrons (charge 0)" in result.output
+    assert not out.exists()

@@ -114,6 +114,11 @@ def test_degenerate_geometries_and_electron_counts_give_clear_errors(
 ):
     result = _predict(bundled_model, inputs["same"], "--out", tmp_path / "a")
     assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "same.xyz: frame 0: atoms 1 (H) and 3 (H) are 0.000 Å apart" in result.output
+    assert "closer than any bond (0.5 Å)" in result.output
+    # asked to go on anyway, the singular S stops it, naming the same atoms
+    result = _predict(bundled_model, inputs["same"], "--out", tmp_path / "a", "--keep-going")
+    assert result.exit_code == 1 and "Traceback" not in result.output
     assert "same.xyz: frame 0: the overlap matrix is singular" in result.output
     assert "atoms 1 (H) and 3 (H) are 0.000 Å apart" in result.output
     result = _predict(bundled_model, inputs["water"], "--charge", "-40", "--out", tmp_path / "b")
@@ -124,17 +129,23 @@ def test_degenerate_geometries_and_electron_counts_give_clear_errors(
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     result = _predict(bundled_model, inputs["water"], "--charge", "2", "--out", tmp_path / "c")
     assert result.exit_code == 0 and "the model has no charge input" in result.output
-    # two atoms 0.05 Å apart: solvable, but flagged, never a silent table
+    # two atoms 0.05 Å apart: refused; with --keep-going solvable, but flagged
     result = _predict(bundled_model, inputs["close"], "--out", tmp_path / "d")
+    assert result.exit_code == 1 and "are 0.050 Å apart, closer than any bond" in result.output
+    assert not (tmp_path / "d").exists()
+    result = _predict(bundled_model, inputs["close"], "--out", tmp_path / "d", "--keep-going")
     assert "atom 0 (H) is 0.050 Å from its nearest neighbour" in result.output
 
 
-def test_two_close_atoms_with_a_deq_model_exit_nonzero(example_plugin, inputs, tmp_path):
+def test_two_close_atoms_with_a_deq_model_are_refused_or_flagged(example_plugin, inputs, tmp_path):
     checkpoint = _train(tmp_path / "deq", deq=True)
     result = _predict(checkpoint, inputs["close"], "--out", tmp_path / "p")
     assert result.exit_code == 1, result.output
-    assert "UNCONVERGED: " in result.output and "0.050 Å" in result.output
-    assert "False" in (tmp_path / "p" / "summary.csv").read_text()
+    assert "0.050 Å apart, closer than any bond" in result.output
+    assert not (tmp_path / "p").exists()
+    result = _predict(checkpoint, inputs["close"], "--out", tmp_path / "p", "--keep-going")
+    assert "0.050 Å" in result.output  # the domain warning
+    assert (tmp_path / "p" / "summary.csv").is_file()
 
 
 def test_a_molecule_whose_deq_breaks_down_is_flagged_beside_good_ones(

@@ -36,5 +36,9 @@ RecipeOption = Annotated[
 ]
 KeepGoingOption = Annotated[
     bool,
-    typer.Option("--keep-going", help="Exit 0 even when a DEQ did not converge for a molecule."),
+    typer.Option(
+        "--keep-going",
+        help="Exit 0 even when a DEQ did not converge for a molecule; accept atoms closer than "
+        "0.5 Å.",
+    ),
 ]

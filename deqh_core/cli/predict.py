@@ -125,7 +125,9 @@ def predict_command(
     from deqh_core.data.recipe import describe_recipe
     from deqh_core.inference.predict import predict_frames, prepare, save_predictions
 
-    loaded, labels, source, frames, names = prepare(checkpoint, xyz, device, ema, recipe or ())
+    loaded, labels, source, frames, names = prepare(
+        checkpoint, xyz, device, ema, recipe or (), close_ok=keep_going
+    )
     err = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
     err.print(f"recipe: {describe_recipe(labels)} (from {source})")
     if loaded.domain is None:

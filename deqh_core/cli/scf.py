@@ -88,7 +88,7 @@ def scf_command(
 
     from deqh_core.data.recipe import describe_recipe, labels_recipe
     from deqh_core.inference.loaded import evaluation_dataset, load_model
-    from deqh_core.inference.predict import read_inputs
+    from deqh_core.inference.predict import occupied_counts, read_inputs
     from deqh_core.inference.scf import GUESSES, SCFTask, run_acceleration, write_report
 
     guesses = tuple(guess or GUESSES)
@@ -112,7 +112,9 @@ def scf_command(
     warnings: dict[str, list[str]] = {}
     if xyz:
         domain = loaded.domain
-        frames = read_inputs(list(xyz), loaded.layout, domain.elements if domain else None)
+        elements = domain.elements if domain else None
+        frames = read_inputs(list(xyz), loaded.layout, elements, close_ok=keep_going)
+        occupied_counts(frames[:limit], loaded.layout, recipe)  # closed shell, or named
         for path, k, fr in frames[:limit]:
             name = f"{path.name}#{k}"
             molecules.append((name, fr.atomic_numbers, fr.positions, None))

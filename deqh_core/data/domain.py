@@ -29,6 +29,11 @@ from deqh_core.data.recipe import Recipe, labels_recipe
 MAX_FORMULAS = 10_000
 """Compositions recorded at most; beyond that none are (and none are checked)."""
 
+MIN_DISTANCE = 0.5
+"""Å: the closest two atoms of a molecule may be. No bond is shorter (H2's, the shortest, is
+0.74 Å); a closer pair is a broken geometry (often bohr read as Å, or a duplicated atom), and
+predictions for it are refused unless asked for anyway (``--keep-going``)."""
+
 DISTANCE_MARGIN = 0.02
 """Relative margin before a distance counts as outside the training range (2 %)."""
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from deqh_core.ao.basis import AOLayout, formula, symbol
 from deqh_core.ao.orbitals import occupied_count, solve
+from deqh_core.data.domain import MIN_DISTANCE, nearest_neighbours
 from deqh_core.data.recipe import Recipe
 from deqh_core.data.xyz import Frame, read_xyz
 from deqh_core.inference.loaded import LoadedModel, load_model
@@ -128,10 +129,14 @@ class Prediction:
 
 
 def read_inputs(
-    paths: list[str | Path], layout: AOLayout, elements: list[int] | None = None
+    paths: list[str | Path],
+    layout: AOLayout,
+    elements: list[int] | None = None,
+    close_ok: bool = False,
 ) -> list[tuple[Path, int, Frame]]:
     """Every frame of every xyz file, checked before anything runs: every element must be in
-    ``elements`` (those the model was trained on; default: the layout's)."""
+    ``elements`` (those the model was trained on; default: the layout's), and no two atoms
+    closer than :data:`~deqh_core.data.domain.MIN_DISTANCE` unless ``close_ok``."""
     if not paths:
         raise DataError("no xyz files given")
     known = set(layout.elements if elements is None else elements) & set(layout.elements)
@@ -149,8 +154,38 @@ def read_inputs(
                     f"({layout.basis}: {' '.join(symbol(z) for z in sorted(known))}); the "
                     "model cannot predict it"
                 )
+            near = nearest_neighbours(frame.positions)
+            if not close_ok and len(near) > 1 and near.min() < MIN_DISTANCE:
+                a = int(near.argmin())
+                d = np.linalg.norm(np.asarray(frame.positions) - frame.positions[a], axis=1)
+                d[a] = np.inf
+                b, z = int(d.argmin()), frame.atomic_numbers
+                raise DataError(
+                    f"{path}: frame {i}: atoms {a} ({symbol(int(z[a]))}) and {b} "
+                    f"({symbol(int(z[b]))}) are {d[b]:.3f} Å apart, closer than any bond "
+                    f"({MIN_DISTANCE} Å); are the positions in Å? (--keep-going predicts anyway)"
+                )
             frames.append((path, i, frame))
     return frames
+
+
+def occupied_counts(
+    frames: list[tuple[Path, int, Frame]], layout: AOLayout, recipe: Recipe
+) -> list[int]:
+    """Doubly occupied orbitals of every frame under ``recipe`` (its charge; ECPs counted).
+
+    Raises:
+        DataError: a frame with an odd electron count (deqh is closed-shell), naming it.
+    """
+    counts = []
+    for path, i, frame in frames:
+        z = frame.atomic_numbers
+        n_ao = layout.n_ao_table[z].sum()
+        try:
+            counts.append(occupied_count(z, recipe.basis, recipe.charge, n_ao))
+        except DeqhError as err:
+            raise DataError(f"{path}: frame {i}: {err}") from None
+    return counts
 
 
 def output_names(frames: list[tuple[Path, int, Frame]]) -> list[str]:
@@ -193,17 +228,11 @@ def predict_frames(
     if charge is not None and charge != recipe.charge:
         recipe = recipe.model_copy(update={"charge": int(charge)})
     domain = loaded.domain
-    n_occ, warnings = [], []
-    for path, i, frame in frames:
-        z = frame.atomic_numbers
-        try:
-            n_occ.append(
-                occupied_count(z, recipe.basis, recipe.charge, loaded.layout.n_ao_table[z].sum())
-            )
-        except DeqhError as err:
-            raise DataError(f"{path}: frame {i}: {err}") from None
-        found = [] if domain is None else domain.check(z, frame.positions, recipe.charge)
-        warnings.append(found)
+    n_occ = occupied_counts(frames, loaded.layout, recipe)
+    warnings = [
+        [] if domain is None else domain.check(f.atomic_numbers, f.positions, recipe.charge)
+        for _, _, f in frames
+    ]
     results: list[Prediction] = []
     starts = range(0, len(frames), batch_size)
     prior = loaded.h0_kind is not None
@@ -265,13 +294,16 @@ def prepare(
     device: str = "cpu",
     ema: bool | None = None,
     recipe: list[str] | tuple = (),
+    close_ok: bool = False,
 ):
     """Load the model and read and check the inputs: ``(loaded, recipe, recipe_source,
-    frames, output_names)``. Elements the model was not trained on are refused here."""
+    frames, output_names)``. Elements the model was not trained on, and atoms closer than
+    any bond (unless ``close_ok``), are refused here (:func:`read_inputs`)."""
     loaded = load_model(checkpoint, device, ema)
     labels, source = loaded.recipe(recipe)
     domain = loaded.domain
-    frames = read_inputs(list(xyz), loaded.layout, domain.elements if domain else None)
+    elements = domain.elements if domain else None
+    frames = read_inputs(list(xyz), loaded.layout, elements, close_ok)
     return loaded, labels, source, frames, output_names(frames)
 
 
