@@ -97,3 +97,15 @@ def test_scf_on_an_odd_electron_molecule_names_the_file_and_writes_nothing(tmp_p
     assert result.exit_code == 1
     assert f"{radical}: frame 0: 9 electrons (charge 0)" in result.output
     assert not out.exists()
+
+
+def test_a_truncated_record_stops_training_at_step_0_naming_it(tmp_path):
+    data = tmp_path / "trunc.db"
+    shutil.copy(BUNDLED, data)
+    with sqlite3.connect(data) as db:  # every record truncated: whichever the split trains on
+        db.execute("UPDATE data SET Ham = substr(Ham, 1, length(Ham) - 80)")
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(out), "--steps", "1"])
+    assert result.exit_code == 1
+    assert f"{data}: molecule id " in result.output and ": Ham holds " in result.output
+    assert not out.exists()

@@ -265,6 +265,38 @@ class HamiltonianDataset(Dataset):
             self._cache_room -= size
         return data
 
+    def check_sizes(self, ids=None) -> None:
+        """Check, before a run reads them, that the records of ``ids`` (default: all) fit the AO
+        layout: as many coordinates as atoms, known elements, ``Ham`` (and a stored overlap)
+        ``n_ao x n_ao``. Byte counts only (SQLite's ``length()``), so a truncated or misfit
+        record stops a run at step 0, not mid-run; files without sizes (ASE) are skipped.
+
+        Raises:
+            DataError: naming the file, the molecule id and what does not fit.
+        """
+        sizes = getattr(self.reader, "blob_sizes", None)
+        if sizes is None:
+            return
+        wanted = set(self.ids if ids is None else ids)
+        known = set(self.layout.elements)
+        for mol_id, z, n_pos, n_ham, n_overlap in sizes():
+            if mol_id not in wanted:
+                continue
+            where = f"{self.path}: molecule id {mol_id}"
+            if n_pos != 24 * len(z):
+                raise DataError(f"{where}: {len(z)} atomic numbers but {n_pos / 8:g} coordinates")
+            if not set(z.tolist()) <= known:
+                raise DataError(
+                    f"{where}: elements {sorted(set(z.tolist()) - known)} not in the layout"
+                )
+            n_ao = int(self.layout.n_ao_table[z].sum())
+            for what, n_bytes in (("Ham", n_ham), ("overlap", n_overlap)):
+                if n_bytes is not None and n_bytes != 8 * n_ao * n_ao:
+                    raise DataError(
+                        f"{where}: {what} holds {n_bytes / 8:g} numbers, not {n_ao}x{n_ao} for "
+                        f"its {n_ao} AOs in {self.layout.basis} (truncated or another basis?)"
+                    )
+
     def records(self, ids=None):
         """The raw records (full matrices, PySCF order) of ``ids`` (default: this dataset's),
         in order, read one at a time."""

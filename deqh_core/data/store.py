@@ -190,6 +190,22 @@ class HamiltonianDB:
             pos = pos.reshape(-1, 3) * (BOHR_IN_ANGSTROM if self._bohr else 1.0)
             yield int(mol_id), z, pos
 
+    def blob_sizes(self) -> Iterator[tuple[int, np.ndarray, int, int, int | None]]:
+        """``(id, atomic_numbers, bytes of positions, bytes of Ham, bytes of overlap or None)``
+        of every molecule, ascending id; SQLite's ``length()`` reads no matrix, so this is cheap
+        on a file of any size."""
+        key, z_col, pos_col, ham = (self._select[i] for i in (0, 2, 3, 4))
+        overlap = "length(overlap)" if "overlap" in self._extras else "NULL"
+        sql = f"SELECT {key}, {z_col}, length({pos_col}), length({ham}), {overlap} FROM data"
+        for mol_id, z, n_pos, n_ham, n_overlap in self._query(sql + " ORDER BY 1"):
+            yield (
+                int(mol_id),
+                np.frombuffer(z, dtype="<i4").astype(np.int64),
+                n_pos,
+                n_ham,
+                n_overlap,
+            )
+
     def get(self, mol_id: int) -> MoleculeRecord:
         cols = ", ".join(self._select)
         rows = self._query(f"SELECT {cols} FROM data WHERE {self._key} = ?", (mol_id,))

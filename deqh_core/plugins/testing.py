@@ -36,7 +36,7 @@ from deqh_core.data.recipe import Recipe
 from deqh_core.data.store import MoleculeRecord
 from deqh_core.plugins.manager import get_backbone
 from deqh_core.solvers.backbone import BackboneSpec, ReducedSolver
-from deqh_core.solvers.deq import DEQConfig, DEQHamiltonianSolver
+from deqh_core.solvers.deq import DEQConfig, DEQHamiltonianSolver, identity_blocks
 from deqh_core.solvers.prior import InitialGuess, PriorResidual
 from deqh_core.solvers.protocol import Blocks
 from deqh_core.util.device import to_device
@@ -59,8 +59,8 @@ KIT_MOLECULES: dict[str, tuple[list[int], list[list[float]]]] = {
 
 
 FLOAT32_BATCH_TOL = 1e-5
-"""Largest change, relative to the output's scale, of a float32 molecule's blocks between alone
-and in a batch (float32 rounding is ~6e-8 relative; the DEQ's iterations may grow it)."""
+"""Largest change, relative to the output's scale, of a molecule's float32 blocks between alone
+and in a batch, after one evaluation (float32 rounding is ~6e-8 relative)."""
 
 
 @dataclass
@@ -93,15 +93,21 @@ def _item(z, pos, layout: AOLayout, mol_id: int, prior: str = "none", lowdin: bo
     return item
 
 
-def _run(solver, items, deq_config=None, dtype=None):
+def _run(solver, items, deq_config=None):
     batch = Batch.from_data_list(items)
-    if dtype is not None:
-        batch = to_device(batch, batch.z.device, dtype)
     if solver.capabilities.reads_h:
         wrapper = DEQHamiltonianSolver(solver, deq_config)
         blocks, diagnostics = wrapper(batch)
         return batch, blocks, diagnostics
     return batch, solver(batch, None, solver.inject(batch)), None
+
+
+def _evaluate(solver, items) -> Blocks:
+    """One float32 evaluation of ``solver`` on ``items`` (from the identity for a solver that
+    reads H)."""
+    batch = to_device(Batch.from_data_list(items), items[0].z.device, torch.float32)
+    h = identity_blocks(batch, torch.float32) if solver.capabilities.reads_h else None
+    return solver(batch, h, solver.inject(batch))
 
 
 def check_backbone(
@@ -243,20 +249,17 @@ def _check_mode(
     inside = Blocks(both.diag[first_atoms:], both.off[first_pairs:])
     record("same alone and inside a batch", diff(inside, ref))
 
-    # float32, whose rounding depends on how a batch is blocked: the molecule keeps its answer
-    # (a DEQ its evaluations) beside batch-mates that converge faster and slower than it
+    # float32, whose rounding depends on how a batch is blocked: one evaluation gives the
+    # molecule the blocks it gets alone, beside batch-mates (an untrained DEQ's iterations can
+    # only amplify float32 rounding; the float64 check above covers the whole solve)
     single = copy.deepcopy(solver).to(torch.float32)
     mates = [item(other_z, other_pos, 1), item(z, pos * 1.15, 2)]
-    _, alone, d_alone = _run(single, [reference], deq_config, torch.float32)
-    _, crowd, d_crowd = _run(single, [*mates, reference], deq_config, torch.float32)
+    alone = _evaluate(single, [reference])
+    crowd = _evaluate(single, [*mates, reference])
     n_atoms = sum(len(m.z) for m in mates)
     n_pairs = sum(m.pair_index.shape[1] for m in mates)
     inside = Blocks(crowd.diag[n_atoms:], crowd.off[n_pairs:])
     record("same alone and inside a batch, float32", diff(inside, alone), FLOAT32_BATCH_TOL)
-    if d_alone is not None:
-        same = int(d_alone.nstep[0]) == int(d_crowd.nstep[-1])
-        detail = f"{int(d_alone.nstep[0])} alone, {int(d_crowd.nstep[-1])} in the batch"
-        out.append(CheckResult(mode, "same DEQ evaluations alone and in a batch", same, detail))
 
     if solver.capabilities.reads_h:
         ok = (

@@ -164,6 +164,7 @@ class Trainer:
             )
         dataset = HamiltonianDataset(path, basis=config.data.basis)
         self.split = make_split(dataset, config.data)
+        dataset.check_sizes(self.split.train + self.split.val)  # at step 0, not mid-run
         self.layout = dataset.layout
         self.identity = dataset.identity()  # the file and its labels' recipe, for checkpoints
         recipe = Recipe(**self.identity["recipe"])
