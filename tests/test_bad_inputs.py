@@ -63,11 +63,16 @@ def test_an_empty_qh9_selection_is_refused_and_writes_no_file(tmp_path):
     assert not out.exists()
 
 
+def _broken_copy(path, sql: str, *args) -> None:
+    """A copy of the bundled dataset at ``path``, broken by one SQL statement."""
+    shutil.copy(BUNDLED, path)
+    with sqlite3.connect(path) as db:
+        db.execute(sql, args)
+
+
 def test_a_dataset_without_molecules_is_named_as_such(tmp_path):
     empty = tmp_path / "empty.db"
-    shutil.copy(BUNDLED, empty)
-    with sqlite3.connect(empty) as db:
-        db.execute("DELETE FROM data")
+    _broken_copy(empty, "DELETE FROM data")
     out = tmp_path / "run"
     for args in (["data", "check", str(empty)], ["train", "--data", str(empty), "--out", str(out)]):
         result = runner.invoke(app, args)
@@ -78,12 +83,11 @@ def test_a_dataset_without_molecules_is_named_as_such(tmp_path):
 
 def test_a_record_with_an_impossible_atomic_number_is_named(tmp_path):
     bad = tmp_path / "badz.db"
-    shutil.copy(BUNDLED, bad)
-    with sqlite3.connect(bad) as db:
+    with sqlite3.connect(f"{BUNDLED.as_uri()}?mode=ro", uri=True) as db:
         mol_id, blob = db.execute("SELECT id, Z FROM data ORDER BY id LIMIT 1").fetchone()
-        z = np.frombuffer(blob, dtype="<i4").copy()
-        z[0] = 120
-        db.execute("UPDATE data SET Z = ? WHERE id = ?", (z.tobytes(), mol_id))
+    z = np.frombuffer(blob, dtype="<i4").copy()
+    z[0] = 120
+    _broken_copy(bad, "UPDATE data SET Z = ? WHERE id = ?", z.tobytes(), mol_id)
     result = runner.invoke(app, ["data", "check", str(bad)])
     assert result.exit_code == 1
     assert f"{bad}: molecule id {mol_id}: atomic number 120 is not an element" in result.output
@@ -100,10 +104,8 @@ def test_scf_on_an_odd_electron_molecule_names_the_file_and_writes_nothing(tmp_p
 
 
 def test_a_truncated_record_stops_training_at_step_0_naming_it(tmp_path):
-    data = tmp_path / "trunc.db"
-    shutil.copy(BUNDLED, data)
-    with sqlite3.connect(data) as db:  # every record truncated: whichever the split trains on
-        db.execute("UPDATE data SET Ham = substr(Ham, 1, length(Ham) - 80)")
+    data = tmp_path / "trunc.db"  # every record truncated: whichever the split trains on
+    _broken_copy(data, "UPDATE data SET Ham = substr(Ham, 1, length(Ham) - 80)")
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", "--data", str(data), "--out", str(out), "--steps", "1"])
     assert result.exit_code == 1
