@@ -94,7 +94,7 @@ def convergence_command(
     loaded.report_deq_failures()
     recipe = loaded.dataset_recipe(data)
     out = out or checkpoint.parent / "analysis"
-    records, note = select_records(loaded, data, split, None)
+    _, records, note = select_records(loaded, data, split, None)
     record = pick_record(records, molecule_id)
     name = f"molecule {record.id} ({record.source or '?'})"
     console.print(f"{note}; Fig. 4b/6 on {name}")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -87,7 +86,7 @@ def scf_command(
     from rich.console import Console
 
     from deqh_core.data.recipe import describe_recipe, labels_recipe
-    from deqh_core.inference.loaded import evaluation_dataset, load_model
+    from deqh_core.inference.loaded import load_model, select_records
     from deqh_core.inference.predict import occupied_counts, read_inputs
     from deqh_core.inference.scf import GUESSES, SCFTask, run_acceleration, write_report
 
@@ -122,9 +121,7 @@ def scf_command(
                 warnings[name] = domain.check(fr.atomic_numbers, fr.positions, recipe.charge)
         console.print(f"{len(molecules)} molecule(s) from xyz; reference: SCF from the prediction")
     else:
-        dataset, note = evaluation_dataset(loaded, data, split)
-        records = list(itertools.islice(dataset.records(), limit))
-        note = f"{note}: {len(records)} molecule(s)"
+        dataset, records, note = select_records(loaded, data, split, limit)
         labels = labels_recipe(dataset.recipe, loaded.layout.basis)[0]
         # the labels are the reference when the recipe run makes the same Fock matrix
         # (SCF limits such as --max-cycle do not change it)

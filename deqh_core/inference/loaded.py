@@ -402,10 +402,10 @@ def evaluation_dataset(
 
 def select_records(
     loaded: LoadedModel, data: Path | None, split: str | None, limit: int | None
-) -> tuple[list[MoleculeRecord], str]:
+) -> tuple[HamiltonianDataset, list[MoleculeRecord], str]:
     """Records (labels in PySCF order) chosen as ``deqh evaluate`` chooses them
-    (:func:`evaluation_dataset`), the first ``limit`` of them; plus a note on what was
-    chosen."""
+    (:func:`evaluation_dataset`), the first ``limit`` of them: ``(dataset, records, note)``,
+    the note saying what was chosen."""
     dataset, note = evaluation_dataset(loaded, data, split)
     records = list(itertools.islice(dataset.records(), limit))
-    return records, f"{note}: {len(records)} molecule(s)"
+    return dataset, records, f"{note}: {len(records)} molecule(s)"
