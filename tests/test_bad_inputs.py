@@ -2,7 +2,6 @@
 wrong, a non-zero exit, and nothing written (more cases: test_checkpoint.py, test_trust.py,
 test_evaluate.py)."""
 
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from typer.testing import CliRunner
 
 from deqh_core.cli import app
 from deqh_core.data.dataset import BUNDLED
+from tests.crafted import broken_copy
 
 runner = CliRunner()
 OLD_CHECKPOINT = Path(__file__).parent / "data" / "main_13b289f" / "best.pt"
@@ -63,16 +63,9 @@ def test_an_empty_qh9_selection_is_refused_and_writes_no_file(tmp_path):
     assert not out.exists()
 
 
-def _broken_copy(path, sql: str, *args) -> None:
-    """A copy of the bundled dataset at ``path``, broken by one SQL statement."""
-    shutil.copy(BUNDLED, path)
-    with sqlite3.connect(path) as db:
-        db.execute(sql, args)
-
-
 def test_a_dataset_without_molecules_is_named_as_such(tmp_path):
     empty = tmp_path / "empty.db"
-    _broken_copy(empty, "DELETE FROM data")
+    broken_copy(empty, "DELETE FROM data")
     out = tmp_path / "run"
     for args in (["data", "check", str(empty)], ["train", "--data", str(empty), "--out", str(out)]):
         result = runner.invoke(app, args)
@@ -87,7 +80,7 @@ def test_a_record_with_an_impossible_atomic_number_is_named(tmp_path):
         mol_id, blob = db.execute("SELECT id, Z FROM data ORDER BY id LIMIT 1").fetchone()
     z = np.frombuffer(blob, dtype="<i4").copy()
     z[0] = 120
-    _broken_copy(bad, "UPDATE data SET Z = ? WHERE id = ?", z.tobytes(), mol_id)
+    broken_copy(bad, "UPDATE data SET Z = ? WHERE id = ?", z.tobytes(), mol_id)
     result = runner.invoke(app, ["data", "check", str(bad)])
     assert result.exit_code == 1
     assert f"{bad}: molecule id {mol_id}: atomic number 120 is not an element" in result.output
@@ -105,7 +98,7 @@ def test_scf_on_an_odd_electron_molecule_names_the_file_and_writes_nothing(tmp_p
 
 def test_a_truncated_record_stops_training_at_step_0_naming_it(tmp_path):
     data = tmp_path / "trunc.db"  # every record truncated: whichever the split trains on
-    _broken_copy(data, "UPDATE data SET Ham = substr(Ham, 1, length(Ham) - 80)")
+    broken_copy(data, "UPDATE data SET Ham = substr(Ham, 1, length(Ham) - 80)")
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", "--data", str(data), "--out", str(out), "--steps", "1"])
     assert result.exit_code == 1

@@ -20,6 +20,7 @@ from deqh_core.training.checkpoint import (
     set_rng_state,
     upgrade_checkpoint,
 )
+from tests.crafted import RunsCode
 
 runner = CliRunner()
 SETTINGS = [
@@ -88,21 +89,11 @@ def test_rng_state_roundtrips_through_plain_types():
     assert expected[2] == again[2]
 
 
-class _WritesAFile:
-    """Unpickling this runs code: it writes ``path``."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (exec, (f"open({self.path!r}, 'w').write('pwned')",))
-
-
 def test_a_checkpoint_that_needs_unpickling_is_refused_and_runs_nothing(run, tmp_path):
     state = load_checkpoint(run / "runs/a/last.pt")
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
-    torch.save({**state, "extra": _WritesAFile(marker)}, evil)
+    torch.save({**state, "extra": RunsCode(marker)}, evil)
     with pytest.raises(CheckpointError, match=r"refused: .*'exec'.*do not load"):
         load_checkpoint(evil)
     xyz = tmp_path / "water.xyz"
@@ -122,8 +113,8 @@ def test_checkpoint_upgrade_runs_no_code_and_upgrades_nothing_current(run, tmp_p
     old = {k: v for k, v in state.items() if k not in ("data", "domain", "format")}
     old["rng"] = {**old["rng"], "numpy": np.random.get_state()}  # noqa: NPY002 - format 1
     payloads = {
-        "old_with_payload.pt": {**old, "extra": _WritesAFile(marker)},
-        "plain_pickle.pt": _WritesAFile(marker),
+        "old_with_payload.pt": {**old, "extra": RunsCode(marker)},
+        "plain_pickle.pt": RunsCode(marker),
     }
     for name, payload in payloads.items():
         torch.save(payload, tmp_path / name)

@@ -9,7 +9,7 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from deqh_core.util.errors import DataError
+from deqh_core.util.errors import DataError, DeqhError
 
 
 def register(app: typer.Typer) -> None:
@@ -92,6 +92,17 @@ def convergence_command(
     noise_levels = _levels(levels)
     loaded = load_model(checkpoint)
     loaded.report_deq_failures()
+    run_dir = checkpoint.parent
+    fig_4a = loaded.config.model.deq and (run_dir / "metrics.csv").is_file()
+    along = [load_model(path) for path in nfe_checkpoint or []]  # all refused before any work
+    for path, model in zip(nfe_checkpoint or [], along):
+        if not model.config.model.deq:
+            raise DeqhError(f"{path}: --nfe-checkpoint takes DEQ checkpoints; this is a predictor")
+    if along and not fig_4a:
+        raise DeqhError(
+            f"--nfe-checkpoint: {run_dir} holds no metrics.csv of a DEQ run, so there is no "
+            "Fig. 4a to add them to"
+        )
     recipe = loaded.dataset_recipe(data)
     out = out or checkpoint.parent / "analysis"
     _, records, note = select_records(loaded, data, split, None)
@@ -106,10 +117,9 @@ def convergence_command(
         console.print(f"  {method}: H MAE {trace[0]:.2e} -> {trace[-1]:.2e} Ha")
     console.print(f"wrote {png} and convergence.csv")
 
-    run_dir = checkpoint.parent
-    if loaded.config.model.deq and (run_dir / "metrics.csv").is_file():
+    if fig_4a:
         rows = training_nfe(run_dir)
-        ckpt_rows = checkpoint_nfe(nfe_checkpoint or [], records[:nfe_molecules])
+        ckpt_rows = checkpoint_nfe(along, records[:nfe_molecules])
         write_rows(rows, out / "training_nfe.csv")
         if ckpt_rows:
             write_rows(ckpt_rows, out / "checkpoint_nfe.csv")

@@ -293,8 +293,9 @@ class HamiltonianDataset(Dataset):
             for what, n_bytes in (("Ham", n_ham), ("overlap", n_overlap)):
                 if n_bytes is not None and n_bytes != 8 * n_ao * n_ao:
                     raise DataError(
-                        f"{where}: {what} holds {n_bytes / 8:g} numbers, not {n_ao}x{n_ao} for "
-                        f"its {n_ao} AOs in {self.layout.basis} (truncated or another basis?)"
+                        f"{where}: {what} holds {n_bytes} bytes, not the {n_ao}x{n_ao} float64 "
+                        f"numbers ({8 * n_ao * n_ao} bytes) of its {n_ao} AOs in "
+                        f"{self.layout.basis} (truncated or another basis?)"
                     )
 
     def records(self, ids=None):

@@ -68,8 +68,22 @@ class MoleculeInfo:
     source: str | None = None
 
 
+def _array(blob, dtype: str, what: str, where: str) -> np.ndarray:
+    """The numbers in a blob (read as bytes: a blob is never unpickled), as a flat array.
+
+    Raises:
+        DataError: not a blob, or a byte count that is no whole number of ``dtype`` items.
+    """
+    size = np.dtype(dtype).itemsize
+    if not isinstance(blob, bytes) or len(blob) % size:
+        got = f"a {len(blob)}-byte blob" if isinstance(blob, bytes) else repr(blob)[:40]
+        kind = "float64" if dtype.endswith("f8") else "int32"
+        raise DataError(f"{where}: {what} holds {got}, not {kind} numbers")
+    return np.frombuffer(blob, dtype=dtype)
+
+
 def _square(blob: bytes, what: str, where: str) -> np.ndarray:
-    flat = np.frombuffer(blob, dtype="<f8")
+    flat = _array(blob, "<f8", what, where)
     n = round(float(np.sqrt(flat.size)))
     if n * n != flat.size:
         raise DataError(f"{where}: {what} has {flat.size} entries, not a square matrix")
@@ -146,7 +160,7 @@ class HamiltonianDB:
         found: set[int] = set()
         query = f"SELECT {self._select[0]}, {self._select[2]} FROM data"
         for mol_id, blob in self._query(query):
-            z = np.frombuffer(blob, dtype="<i4")
+            z = _array(blob, "<i4", "Z", f"{self.path}: molecule id {mol_id}")
             if z.size and (z.min() < 1 or z.max() > 118):
                 bad = int(z[(z < 1) | (z > 118)][0])
                 raise DataError(
@@ -169,7 +183,7 @@ class HamiltonianDB:
         return [
             MoleculeInfo(
                 int(row[0]),
-                np.frombuffer(row[1], dtype="<i4").astype(np.int64),
+                _array(row[1], "<i4", "Z", f"{self.path}: molecule id {row[0]}").astype(np.int64),
                 self._dynamic_source(row[0], *row[2:]) if self._bohr else row[2],
             )
             for row in rows
@@ -180,8 +194,9 @@ class HamiltonianDB:
         without reading the matrices."""
         key, z_col, pos_col = self._select[0], self._select[2], self._select[3]
         for mol_id, z, pos in self._query(f"SELECT {key}, {z_col}, {pos_col} FROM data ORDER BY 1"):
-            z = np.frombuffer(z, dtype="<i4").astype(np.int64)
-            pos = np.frombuffer(pos, dtype="<f8").astype(np.float64)
+            where = f"{self.path}: molecule id {mol_id}"
+            z = _array(z, "<i4", "Z", where).astype(np.int64)
+            pos = _array(pos, "<f8", "pos", where).astype(np.float64)
             if pos.size != 3 * z.size:
                 raise DataError(
                     f"{self.path}: molecule id {mol_id}: {z.size} atomic numbers but "
@@ -200,7 +215,7 @@ class HamiltonianDB:
         for mol_id, z, n_pos, n_ham, n_overlap in self._query(sql + " ORDER BY 1"):
             yield (
                 int(mol_id),
-                np.frombuffer(z, dtype="<i4").astype(np.int64),
+                _array(z, "<i4", "Z", f"{self.path}: molecule id {mol_id}").astype(np.int64),
                 n_pos,
                 n_ham,
                 n_overlap,
@@ -221,11 +236,8 @@ class HamiltonianDB:
     def _record(self, row: tuple) -> MoleculeRecord:
         mol_id, n, z, pos, ham = row[:5]
         where = f"{self.path}: molecule id {mol_id}"
-        try:
-            z = np.frombuffer(z, dtype="<i4").astype(np.int64)
-            pos = np.frombuffer(pos, dtype="<f8").astype(np.float64)
-        except (TypeError, ValueError) as err:
-            raise DataError(f"{where}: unreadable Z/pos blob ({err})") from None
+        z = _array(z, "<i4", "Z", where).astype(np.int64)
+        pos = _array(pos, "<f8", "pos", where).astype(np.float64)
         if z.size != n or pos.size != 3 * n:
             raise DataError(
                 f"{where}: N={n} but {z.size} atomic numbers and {pos.size} coordinates"

@@ -164,11 +164,10 @@ def _check_settings(out: Path, settings: dict) -> None:
     atomic_write(path, json.dumps(settings, indent=2) + "\n")  # nothing trained yet: (re)write
 
 
-def _check_split(base: TrainConfig, split: str) -> None:
-    """Refuse an evaluation split the run's data and split leave empty, before anything
-    trains (the split is made as the trainer makes it: from atom counts and ids, cheap)."""
-    if split == "all":
-        return
+def _check_data(base: TrainConfig, split: str) -> None:
+    """Before anything is written or trained: refuse an evaluation split the run's data and
+    split leave empty (the split is made as the trainer makes it: from atom counts and ids,
+    cheap), and records the study will read that do not fit (byte counts only)."""
     # `deqh --help` imports this module (VARIANTS): torch and the trainer load when a study runs
     from deqh_core.data.dataset import BUNDLED, HamiltonianDataset
     from deqh_core.training.trainer import make_split
@@ -176,8 +175,10 @@ def _check_split(base: TrainConfig, split: str) -> None:
     path = base.data.path or BUNDLED
     if not Path(path).is_file():
         return  # the trainer names the missing file
-    parts = make_split(HamiltonianDataset(path, basis=base.data.basis), base.data)
-    if not getattr(parts, split):
+    dataset = HamiltonianDataset(path, basis=base.data.basis)
+    parts = make_split(dataset, base.data)
+    dataset.check_sizes(None if split == "all" else parts.train + parts.val + getattr(parts, split))
+    if split != "all" and not getattr(parts, split):
         sizes = "/".join(str(len(getattr(parts, k))) for k in ("train", "val", "test"))
         raise AblationError(
             f"{path} with data.split={base.data.split!r} leaves the {split} split empty "
@@ -319,7 +320,7 @@ def run_ablation(
     out = Path(out)
     base = base_config(preset, config_file, overrides, backbone, steps, minutes)
     get_backbone(base.model.backbone)  # an unknown backbone fails before anything is written
-    _check_split(base, split)
+    _check_data(base, split)
     _check_settings(out, _settings(base, split))
     for prior in priors:
         for name in VARIANTS:

@@ -27,7 +27,7 @@ import torch
 from deqh_core.ao.blocks import assemble, split
 from deqh_core.ao.orbitals import occupied_count, orbital_energies
 from deqh_core.data.recipe import Recipe
-from deqh_core.inference.loaded import LoadedModel, load_model
+from deqh_core.inference.loaded import LoadedModel
 from deqh_core.inference.scf import _mole, run_scf
 from deqh_core.solvers.deq import identity_blocks
 from deqh_core.solvers.prior import InitialGuess
@@ -161,20 +161,17 @@ def training_nfe(run_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def checkpoint_nfe(checkpoints: Sequence[str | Path], records: Sequence) -> list[dict[str, Any]]:
-    """DEQ evaluations at inference, per checkpoint, over ``records`` (the paper's Fig. 4a
+def checkpoint_nfe(models: Sequence[LoadedModel], records: Sequence) -> list[dict[str, Any]]:
+    """DEQ evaluations at inference, per DEQ model, over ``records`` (the paper's Fig. 4a
     protocol: checkpoints saved along training, 50 test molecules). Rows ``{"checkpoint",
     "step", "nfe_mean", "nfe_std", "molecules"}`` sorted by step."""
     rows = []
-    for path in checkpoints:
-        loaded = load_model(path)
-        if not loaded.config.model.deq:
-            raise DeqhError(f"{path}: not a DEQ checkpoint")
+    for loaded in models:
         items = (loaded.item(r.atomic_numbers, r.positions, label=r.hamiltonian) for r in records)
         nfe = [loaded.predict(item)[2].nfe for item in items]
         rows.append(
             {
-                "checkpoint": str(path),
+                "checkpoint": str(loaded.path),
                 "step": loaded.step,
                 "nfe_mean": float(np.mean(nfe)),
                 "nfe_std": float(np.std(nfe)),

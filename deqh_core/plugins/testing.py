@@ -7,7 +7,8 @@ in every mode it supports — predictor, reading S, reading H (DEQ) — and chec
 * translation-invariant,
 * permutation-equivariant over atoms,
 * exactly symmetric,
-* the same for a molecule alone and inside a batch,
+* the same for a molecule alone and inside a batch (for a DEQ, also beside batch-mates that
+  stop iterating earlier or later),
 * DEQ-wrappable (when it reads H): the wrapper runs and reports its iterations,
 
 and all of it with a prior Hamiltonian too (``prior="1e"`` / ``"minao"``: the backbone learns
@@ -108,6 +109,31 @@ def _evaluate(solver, items) -> Blocks:
     batch = to_device(Batch.from_data_list(items), items[0].z.device, torch.float32)
     h = identity_blocks(batch, torch.float32) if solver.capabilities.reads_h else None
     return solver(batch, h, solver.inject(batch))
+
+
+def _stopping_check(mode, solver, reference, mates, deq_config, diff, limit) -> CheckResult:
+    """Per-molecule stopping: with a tolerance the reference meets at its third evaluation,
+    beside batch-mates that meet it earlier or later (or never), the reference stops where it
+    stops alone, with the same blocks and residual."""
+    _, _, free = _run(solver, [*mates, reference], deq_config)  # f_tol unreachable: full traces
+    trace = free.abs_trace
+    tol = float(trace[-1, 2]) * (1 + 1e-9)
+    stop = deq_config.model_copy(update={"f_tol": tol})
+    _, alone, lone = _run(solver, [reference], stop)
+    _, crowd, mixed = _run(solver, [*mates, reference], stop)
+    n_atoms = sum(len(m.z) for m in mates)
+    n_pairs = sum(m.pair_index.shape[1] for m in mates)
+    error = diff(Blocks(crowd.diag[n_atoms:], crowd.off[n_pairs:]), alone)
+    same_step = int(mixed.nstep[-1]) == int(lone.nstep[0])
+    same_residual = abs(float(mixed.abs_residual[-1]) - float(lone.abs_residual[0])) <= limit
+    steps = ", ".join(str(int(n)) for n in mixed.nstep)
+    return CheckResult(
+        mode,
+        "same alone and beside batch-mates that stop at other iterations",
+        error <= limit and same_step and same_residual,
+        f"max error {error:.2e} (allowed {limit:.2e}); stopping evaluation alone "
+        f"{int(lone.nstep[0])}, in the batch {steps} (the molecule last)",
+    )
 
 
 def check_backbone(
@@ -262,6 +288,7 @@ def _check_mode(
     record("same alone and inside a batch, float32", diff(inside, alone), FLOAT32_BATCH_TOL)
 
     if solver.capabilities.reads_h:
+        out.append(_stopping_check(mode, solver, reference, mates, deq_config, diff, atol * scale))
         ok = (
             diagnostics is not None
             and diagnostics.nfe >= 1
