@@ -6,12 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from deqh_core.ao.basis import symbol
 from deqh_core.util.errors import ConfigError, DataError, validation_message
-from deqh_core.util.files import read_settings
+from deqh_core.util.files import parse_yaml, read_settings
 
 _INIT_GUESSES = ("minao", "atom", "huckel", "mod_huckel", "hcore", "1e", "sap", "vsap")
 
@@ -151,7 +150,10 @@ def override_recipe(recipe: Recipe, items: Sequence[str] = (), **changes) -> Rec
     for item in items:
         key, sep, value = item.partition("=")
         if sep and key.strip():
-            values[key.strip().replace("-", "_")] = yaml.safe_load(value)
+            try:
+                values[key.strip().replace("-", "_")] = parse_yaml(value, f"--recipe {item!r}")
+            except ConfigError as err:
+                raise DataError(str(err)) from None
             continue
         path = Path(item)
         if not path.is_file():

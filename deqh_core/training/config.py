@@ -24,7 +24,7 @@ from deqh_core.data.splits import parse_sizes
 from deqh_core.plugins.manager import get_backbone
 from deqh_core.solvers.deq import DEQConfig
 from deqh_core.util.errors import ConfigError, validation_message
-from deqh_core.util.files import atomic_write, read_settings
+from deqh_core.util.files import atomic_write, parse_yaml, read_settings
 
 
 class _Strict(BaseModel):
@@ -276,7 +276,7 @@ def parse_override(text: str) -> dict:
     parts = key.strip().split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
-    node[parts[-1]] = yaml.safe_load(value)
+    node[parts[-1]] = parse_yaml(value, f"override {text!r}")
     return nested
 
 

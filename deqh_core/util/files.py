@@ -14,7 +14,7 @@ import json
 import os
 import tomllib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -61,6 +61,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                continue  # the safe loader's own check names an unhashable key
             if key in seen:
                 line = key_node.start_mark.line + 1
                 raise yaml.constructor.ConstructorError(
@@ -68,6 +70,19 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """``text`` as YAML, through the safe loader that refuses duplicate keys (a python tag is
+    an error, never code).
+
+    Raises:
+        ConfigError: ``where: cannot parse: ...`` with the parser's message.
+    """
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: cannot parse: {' '.join(str(err).split())}") from None
 
 
 def _unique_pairs(pairs: list) -> dict:
@@ -97,10 +112,10 @@ def read_settings(path: str | Path) -> dict:
             content = tomllib.loads(text)
         elif path.suffix == ".json":
             content = json.loads(text, object_pairs_hook=_unique_pairs)
-        else:
-            content = yaml.load(text, Loader=_UniqueKeyLoader) or {}
-    except (tomllib.TOMLDecodeError, yaml.YAMLError, ValueError, UnicodeDecodeError) as err:
+    except (tomllib.TOMLDecodeError, ValueError) as err:  # UnicodeDecodeError included
         raise ConfigError(f"{path}: cannot parse: {' '.join(str(err).split())}") from None
+    if path.suffix in (".yaml", ".yml"):
+        content = parse_yaml(text, str(path)) or {}
     if not isinstance(content, dict):
         raise ConfigError(
             f"{path}: the top level must be a mapping of settings, not a {type(content).__name__}"
