@@ -137,6 +137,10 @@ def test_evaluate_reports_the_paper_metrics_and_matches_validation(ablation, tmp
     best = torch.load(ckpt, weights_only=False)["best"]
     assert metrics["h_mae_all_entries"] == pytest.approx(best["mae_all"], rel=1e-9)
     assert metrics["deq_nfe"] == pytest.approx(best["deq_nfe"])
+    # and so are the DEQ's converged share and residuals (per molecule, batch-independent)
+    assert metrics["deq_converged"] == best["deq_converged"] and best["deq_molecules"] == 4
+    assert metrics["deq_residual_mean"] == pytest.approx(best["deq_residual_mean"], rel=1e-9)
+    assert metrics["deq_residual_max"] == pytest.approx(best["deq_residual"], rel=1e-9)
     assert saved["weights"] == "ema" and saved["step"] == 2
     assert 0 <= metrics["psi_cos"] <= 1 and metrics["eps_occ_mae"] > 0
     lines = (tmp_path / "m.csv").read_text().splitlines()

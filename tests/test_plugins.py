@@ -99,6 +99,9 @@ def test_train_example_with_and_without_deq_through_the_cli(example_plugin, tmp_
         assert result.returncode == 0, result.stderr
         assert (out / "last.pt").exists() and (out / "config.yaml").exists()
         assert ("DEQ nfe" in result.stdout) and ("2.0" in result.stdout) == (deq == "--deq")
+        summary = " ".join(result.stdout.split())
+        deq_line = "DEQ solve of the 20 validation molecules at last (step 3): 0.0 % converged"
+        assert (deq_line in summary) == (deq == "--deq"), summary
 
 
 def test_unknown_backbone_lists_the_known_ones(example_plugin):

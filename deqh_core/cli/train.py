@@ -128,7 +128,6 @@ def train_command(
     table.add_column("diag")
     table.add_column("off-diag")
     table.add_column("DEQ nfe")
-    table.add_column("DEQ |f(H)-H|, Ha")
     for name, m in (("last", result.last), ("best", result.best)):
         table.add_row(
             f"{name} ({m['step']})",
@@ -136,7 +135,18 @@ def train_command(
             f"{m['mae_diag'] * 1e6:.1f}",
             f"{m['mae_off'] * 1e6:.1f}",
             f"{m['deq_nfe']:.1f}" if "deq_nfe" in m else "-",
-            f"{m['deq_residual']:.1e}" if "deq_residual" in m else "-",
         )
     Console().print(table)
+    if cfg.model.deq:
+        unit = "Ha" if cfg.deq.f_stop_mode == "abs" else "(relative)"
+        steps = {result.best["step"]: "best", result.last["step"]: "last"}  # last if the same
+        for name, m in (("last", result.last), ("best", result.best)):
+            if steps.get(m["step"]) != name or "deq_converged" not in m:
+                continue  # best is last, or a checkpoint of an older deqh
+            Console(highlight=False).print(
+                f"DEQ solve of the {m['deq_molecules']} validation molecules at {name} "
+                f"(step {m['step']}): {m['deq_converged'] * 100:.1f} % converged to "
+                f"|f(H)-H| <= {cfg.deq.f_tol:g} {unit}; residual mean "
+                f"{m['deq_residual_mean']:.1e}, worst {m['deq_residual']:.1e} Ha"
+            )
     Console().print(f"{result.parameters:,} parameters; checkpoints in {result.out}/")

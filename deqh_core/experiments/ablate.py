@@ -360,6 +360,7 @@ def table_rows(results: dict[str, EvaluationResult]) -> list[list[str]]:
                 _micro(m["lumo_mae"]),
                 f"{m['psi_cos'] * 100:.2f}",
                 f"{m['deq_nstep']:.1f}" if "deq_nstep" in m else "-",
+                f"{m['deq_converged'] * 100:.0f}" if "deq_converged" in m else "-",
             ]
         )
     return rows
@@ -379,6 +380,7 @@ HEADER = [
     "LUMO",
     "ψ [%]",
     "DEQ nstep",
+    "DEQ converged [%]",
 ]
 
 

@@ -314,18 +314,26 @@ class Trainer:
     def validate(self) -> dict[str, float]:
         model = self.evaluation_model()
         model.eval()
-        mae, nfe, residual = MAEAccumulator(), [], []
+        mae, nfe, residual, converged = MAEAccumulator(), [], [], []
         for batch in self.val_loader:
             batch = to_device(batch, self.device, self.dtype)
             pred, diagnostics = model(batch)
             mae.update(pred, batch)
-            if diagnostics is not None:
+            if diagnostics is not None:  # per molecule: the residual and converged flag of each
                 nfe.append(diagnostics.nfe)
-                residual.append(float(diagnostics.abs_residual.max()))
+                residual.append(diagnostics.abs_residual.double())
+                converged.append(diagnostics.converged.double())
         model.train()
         result = mae.result()
         if nfe:
-            result |= {"deq_nfe": float(np.mean(nfe)), "deq_residual": max(residual)}
+            residuals = torch.cat(residual)
+            result |= {
+                "deq_nfe": float(np.mean(nfe)),
+                "deq_residual": float(residuals.max()),  # the worst molecule's
+                "deq_residual_mean": float(residuals.mean()),
+                "deq_converged": float(torch.cat(converged).mean()),  # share of molecules
+                "deq_molecules": len(residuals),
+            }
         return result
 
     # -- the loop --------------------------------------------------------------------------
@@ -452,6 +460,8 @@ class _MetricsLog:
         "mae_off",
         "deq_nfe",
         "deq_residual",
+        "deq_residual_mean",
+        "deq_converged",
         "time",
     )
 
