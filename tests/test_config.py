@@ -1,18 +1,31 @@
-"""The config loader, property-tested (hypothesis): a settings file of any text, ``--set`` of
-any string and any value of any field end as a validated config or one ``ConfigError`` naming
-the source, never as another exception, and never with a non-finite float inside."""
+"""The config loader. Property-tested (hypothesis): a settings file of any text, ``--set`` of any
+string and any value of any field end as a validated config or one ``ConfigError`` naming the
+source, never as another exception, and never with a non-finite float inside. Versions: a config
+deqh wrote keeps its meaning when a default changes."""
 
 import math
 import uuid
+from pathlib import Path
 
 import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deqh_core.training.config import TrainConfig, load_config, parse_override
+from deqh_core.inference.loaded import load_model
+from deqh_core.training.checkpoint import load_checkpoint
+from deqh_core.training.config import (
+    CONFIG_VERSION,
+    TrainConfig,
+    load_config,
+    parse_override,
+    resume_config,
+    upgrade_config,
+)
 from deqh_core.util.errors import ConfigError
 from deqh_core.util.files import read_settings
+
+COMPAT = Path(__file__).parent / "data" / "main_13b289f"
 
 
 def _fields(values: dict, prefix: str = "") -> list[str]:
@@ -113,3 +126,46 @@ def test_yaml_the_safe_loader_would_take_or_crash_on_is_one_config_error(tmp_pat
         read_settings(path)
     with pytest.raises(ConfigError, match=rf"^override .model\.params=.*cannot parse: .*{message}"):
         parse_override(f"model.params={text}")
+
+
+# ----------------------------------------------------------------------------------------------
+# config versions: what a config means does not change when a default does
+
+
+def test_a_prior_is_corrected_in_the_lowdin_basis_unless_told_otherwise():
+    def basis(**model):
+        return load_config(None, None, {"model": model}).model.prior_basis
+
+    assert basis(prior="minao") == "lowdin" and basis(prior="1e") == "lowdin"
+    assert basis() == "ao" and basis(prior="none") == "ao"
+    assert basis(prior="minao", prior_basis="ao") == "ao"
+    assert load_config(None, None, {"model": {"prior": "minao"}}).version == CONFIG_VERSION
+    with pytest.raises(ConfigError, match="prior_basis applies to the correction of a prior"):
+        load_config(None, None, {"model": {"prior_basis": "lowdin"}})
+
+
+def test_a_config_file_of_version_1_keeps_the_ao_basis(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("version: 1\nmodel:\n  prior: minao\n")
+    config = load_config(None, path)
+    assert config.model.prior_basis == "ao" and config.version == CONFIG_VERSION
+    path.write_text(f"version: {CONFIG_VERSION + 1}\n")
+    with pytest.raises(ConfigError, match=f"version: {CONFIG_VERSION + 1} is not a config ver"):
+        load_config(None, path)
+
+
+def test_a_checkpoint_written_before_config_versions_keeps_its_meaning(tmp_path):
+    """A checkpoint's config without ``version`` is version 1: a prior without a recorded
+    ``prior_basis`` was corrected in the AO basis, and is read back so."""
+    state = load_checkpoint(COMPAT / "best.pt")  # written before configs had a version
+    assert "version" not in state["config"] and state["config"]["model"]["prior"] == "minao"
+    assert load_model(COMPAT / "best.pt").config.model.prior_basis == "lowdin"  # as recorded
+    del state["config"]["model"]["prior_basis"]  # as before prior_basis existed
+    resumed, changes = resume_config(state["config"], [], tmp_path)
+    assert resumed.model.prior_basis == "ao" and resumed.version == CONFIG_VERSION
+    assert not changes
+    assert upgrade_config(state["config"])["model"]["prior_basis"] == "ao"
+    assert (
+        upgrade_config(state["config"], written_as=CONFIG_VERSION)["model"]
+        == (state["config"]["model"])
+    )

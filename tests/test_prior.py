@@ -113,7 +113,7 @@ def test_lowdin_correction_is_the_orthogonalised_hamiltonians(monkeypatch):
 @pytest.mark.parametrize("deq", [False, True])
 def test_a_zero_output_head_predicts_exactly_the_prior(deq):
     torch.manual_seed(0)
-    config = ModelConfig(backbone="qhnet", deq=deq, params=SMALL, prior="minao")
+    config = ModelConfig(backbone="qhnet", deq=deq, params=SMALL, prior="minao", prior_basis="ao")
     model = HamiltonianModel(config, LAYOUT, DEQConfig(f_max_iter=5)).double().eval()
     backbone = model.net.solver.solver.backbone if deq else model.net.solver.backbone
     with torch.no_grad():
@@ -129,7 +129,9 @@ def test_a_zero_output_head_predicts_exactly_the_prior(deq):
 
 
 def test_a_prior_model_refuses_items_without_its_h0():
-    model = HamiltonianModel(ModelConfig(backbone="qhnet", params=SMALL, prior="1e"), LAYOUT)
+    model = HamiltonianModel(
+        ModelConfig(backbone="qhnet", params=SMALL, prior="1e", prior_basis="ao"), LAYOUT
+    )
     with pytest.raises(Exception, match="'1e' prior"):
         model(Batch.from_data_list(_items("minao")[:1]))
 

@@ -38,8 +38,8 @@ def ablate_command(
     prior: Annotated[
         list[str] | None,
         typer.Option(
-            help="Also train every variant on this prior H0 (repeatable): none, 1e, minao, "
-            "or 1e-lowdin / minao-lowdin (the correction in the Löwdin basis)."
+            help="Also train every variant on this prior H0 (repeatable): none, 1e, minao "
+            "(the correction in the Löwdin basis), or 1e-ao / minao-ao (in the AO basis)."
         ),
     ] = None,
     split: Annotated[

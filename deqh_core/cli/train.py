@@ -38,8 +38,8 @@ def train_command(
     prior_basis: Annotated[
         str | None,
         typer.Option(
-            help="Basis of the prior's correction: ao (H0 + f, the default) or lowdin "
-            "(H0 + S^1/2 f S^1/2; far better orbitals and SCF starts, docs/training.md)."
+            help="Basis of the prior's correction: lowdin (H0 + S^1/2 f S^1/2, the default; "
+            "far better orbitals and SCF starts, docs/training.md) or ao (H0 + f)."
         ),
     ] = None,
     preset: Annotated[

@@ -12,8 +12,8 @@ variant            DEQ solver   reads S      the paper's name
 ``qhnet-s``        no           yes          QHNet with the overlap matrix
 =================  ===========  ===========  ==========================================
 
-With ``--prior 1e`` / ``--prior minao`` (repeatable, with ``none``; ``minao-lowdin`` for the
-correction in the Löwdin basis) every variant is also trained on top of that prior
+With ``--prior 1e`` / ``--prior minao`` (repeatable, with ``none``; the correction in the
+Löwdin basis, or ``minao-ao`` for the AO basis) every variant is also trained on top of that prior
 Hamiltonian (:mod:`deqh_core.solvers.prior`), as run ``<variant>+<prior>``.
 
 Layout of ``--out`` (default ``runs/ablation``)::
@@ -90,14 +90,14 @@ def base_config(
     return load_config(preset, config_file, *overrides, flags)
 
 
-# a prior and the basis of its correction: "minao" (AO basis) or "minao-lowdin"
-# (deqh_core.solvers.prior)
-PRIOR_CHOICES = ("none", "1e", "minao", "1e-lowdin", "minao-lowdin")
+# a prior and the basis of its correction (deqh_core.solvers.prior): "minao" (the Lowdin
+# basis, the default of model.prior_basis) or "minao-ao" (AO basis)
+PRIOR_CHOICES = ("none", "1e", "minao", "1e-ao", "minao-ao")
 
 
 def run_name(variant: str, prior: str = "none") -> str:
     """The run directory name of ``variant`` with ``prior`` (one of :data:`PRIOR_CHOICES`):
-    ``qhnet``, ``qhnet+minao``, ``qhnet+minao-lowdin``."""
+    ``qhnet``, ``qhnet+minao``, ``qhnet+minao-ao``."""
     return variant if prior == "none" else f"{variant}+{prior}"
 
 
@@ -113,7 +113,8 @@ def variant_config(
     """``base`` as ``variant`` with ``prior``, training into ``out/<run name>``."""
     v = VARIANTS[variant]
     kind, _, basis = prior.partition("-")
-    update = {"deq": v.deq, "overlap": v.overlap, "prior": kind, "prior_basis": basis or "ao"}
+    basis = basis or ("ao" if kind == "none" else "lowdin")  # as model.prior_basis defaults
+    update = {"deq": v.deq, "overlap": v.overlap, "prior": kind, "prior_basis": basis}
     model = base.model.model_copy(update=update)
     run = base.run.model_copy(update={"out": Path(out) / run_name(variant, prior)})
     return base.model_copy(update={"model": model, "run": run})
@@ -142,7 +143,7 @@ def _differences(old: Any, new: Any, where: str = "") -> list[str]:
 def _check_settings(out: Path, settings: dict) -> None:
     """Bind ``out`` to ``settings`` once a variant has checkpoints; refuse other settings."""
     # `deqh --help` imports this module (VARIANTS): torch and the trainer load when a study runs
-    from deqh_core.training.config import TrainConfig
+    from deqh_core.training.config import TrainConfig, upgrade_config
 
     path = out / "ablation.json"
     started = any(p.parent.name.partition("+")[0] in VARIANTS for p in out.glob("*/last.pt"))
@@ -150,7 +151,9 @@ def _check_settings(out: Path, settings: dict) -> None:
         try:
             saved = json.loads(path.read_text())
             # through today's config: a field added since then takes its default
-            saved = _settings(TrainConfig.model_validate(saved["config"]), saved["split"])
+            saved = _settings(
+                TrainConfig.model_validate(upgrade_config(saved["config"])), saved["split"]
+            )
         except (json.JSONDecodeError, KeyError, ValueError) as err:
             raise AblationError(f"{path}: unreadable ({err})") from None
         diff = _differences(saved, settings)

@@ -48,7 +48,7 @@ from deqh_core.training.checkpoint import (
     recorded_model,
     same_model,
 )
-from deqh_core.training.config import TrainConfig, load_config
+from deqh_core.training.config import TrainConfig, load_config, upgrade_config
 from deqh_core.training.model import HamiltonianModel
 from deqh_core.util.device import resolve_device, to_device
 from deqh_core.util.errors import CheckpointError, ConfigError, DataError, DeqhError
@@ -258,7 +258,7 @@ def load_model(
     path = Path(checkpoint)
     state = load_checkpoint(path)
     try:
-        config = load_config(None, None, state["config"])
+        config = load_config(None, None, upgrade_config(state["config"]))
     except (ConfigError, KeyError, TypeError) as err:
         raise CheckpointError(f"{path}: the checkpoint's config does not validate: {err}") from None
     if ops is not None and "ops" in get_backbone(config.model.backbone).config.model_fields:

@@ -144,14 +144,17 @@ def check_backbone(
     atol: float = 1e-8,
     raise_on_failure: bool = True,
     prior: str = "none",
-    prior_basis: str = "ao",
+    prior_basis: str | None = None,
 ) -> list[CheckResult]:
     """Run every check on every mode ``spec`` supports, with the ``prior`` Hamiltonian
     (``"none"``, ``"1e"``, ``"minao"``) and its correction in ``prior_basis`` (``"ao"``,
-    ``"lowdin"``); ``atol`` is relative to the largest output entry.
+    ``"lowdin"``; default as ``model.prior_basis``: lowdin with a prior); ``atol`` is relative to
+    the largest output entry.
     Returns the results; raises :class:`BackboneCheckError` on any failure unless
     ``raise_on_failure`` is False."""
 
+    if prior_basis is None:
+        prior_basis = "ao" if prior == "none" else "lowdin"
     if isinstance(spec, str):
         spec = get_backbone(spec)
     config = config or spec.config()

@@ -79,8 +79,19 @@ class ModelConfig(_Strict):
     prior_basis: Literal["ao", "lowdin"] = Field(
         "ao",
         description="basis of the correction f: ao (H = H0 + f) or lowdin (H = H0 + S^1/2 f "
-        "S^1/2, f corrects the Lowdin-orthogonalised Hamiltonian)",
+        "S^1/2, f corrects the Lowdin-orthogonalised Hamiltonian); default lowdin with a prior, "
+        "ao without (config version 2; version 1 meant ao always)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lowdin_with_a_prior(cls, values: Any) -> Any:
+        # a prior's correction is learnt in the Lowdin basis unless told otherwise: its orbitals
+        # and SCF starts are far better (docs/training.md)
+        if isinstance(values, dict) and "prior_basis" not in values:
+            if values.get("prior", "none") != "none":
+                values = {**values, "prior_basis": "lowdin"}
+        return values
 
     @property
     def reads_s(self) -> bool:
@@ -123,7 +134,33 @@ class RunConfig(_Strict):
     tensorboard: bool = Field(True, description="also log to TensorBoard when it is installed")
 
 
+CONFIG_VERSION = 2
+"""Version of what a config means. 1 (configs deqh wrote before they had a ``version`` key):
+``model.prior_basis`` is ``ao`` unless given; 2: ``lowdin`` when a prior is set."""
+
+
+def upgrade_config(values: dict, written_as: int = 1) -> dict:
+    """``values`` of a config written at version ``values["version"]`` (``written_as`` when it
+    has none), keeping the meaning it had then, at :data:`CONFIG_VERSION`."""
+    version = values.get("version", written_as)
+    if type(version) is not int or not 1 <= version <= CONFIG_VERSION:
+        raise ConfigError(
+            f"version: {version!r} is not a config version of this deqh (1 to {CONFIG_VERSION})"
+        )
+    values = {**values, "version": CONFIG_VERSION}
+    model = values.get("model")
+    if version < 2 and isinstance(model, dict) and "prior_basis" not in model:
+        values["model"] = {**model, "prior_basis": "ao"}
+    return values
+
+
 class TrainConfig(_Strict):
+    version: int = Field(
+        CONFIG_VERSION,
+        ge=1,
+        le=CONFIG_VERSION,
+        description="what the config means (upgrade_config)",
+    )
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     deq: DEQConfig = DEQConfig()
@@ -293,10 +330,13 @@ def load_config(
         values = _merge(values, read_settings(file))
     for update in overrides:
         values = _merge(values, update)
+    where = f" in {file}" if file else ""
     try:
+        values = upgrade_config(values, written_as=CONFIG_VERSION)  # a file may say `version: 1`
         return TrainConfig.model_validate(values)
+    except ConfigError as err:
+        raise ConfigError(f"invalid configuration{where}: {err}") from None
     except ValidationError as err:
-        where = f" in {file}" if file else ""
         raise ConfigError(f"invalid configuration{where}: {validation_message(err)}") from None
 
 
@@ -375,7 +415,7 @@ def resume_config(saved: dict, requested: list[dict], out: str | Path) -> tuple[
     :class:`ConfigError` naming every requested change that would make it another run (an
     override equal to the saved value is no change and is accepted).
     """
-    base = load_config(None, None, saved, {"run": {"out": str(out)}})
+    base = load_config(None, None, upgrade_config(saved), {"run": {"out": str(out)}})
     merged = load_config(None, None, base.model_dump(mode="json"), *requested)
     old, new = _flat(base.model_dump(mode="json")), _flat(merged.model_dump(mode="json"))
     changed = [k for k in new if new[k] != old.get(k)]
