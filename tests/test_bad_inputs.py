@@ -42,8 +42,8 @@ def test_a_bad_config_file_is_one_line_naming_it_and_trains_nothing(name, tmp_pa
     [
         ("optim.lr=inf", "optim.lr: Input should be a finite number"),
         ("deq.f_tol=.nan", "deq.f_tol: Input should be a finite number"),
-        ("data.sizes=abc", "data.sizes: Value error, cannot read 'abc' as a size"),
-        ("data.sizes=0.5/0.5/0.5", "data.sizes: Value error, fractions"),
+        ("data.sizes=abc", "data.sizes: cannot read 'abc' as a size"),
+        ("data.sizes=0.5/0.5/0.5", "data.sizes: fractions"),
     ],
 )
 def test_a_bad_setting_is_refused_before_anything_runs(setting, message, tmp_path):

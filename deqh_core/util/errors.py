@@ -29,8 +29,12 @@ def validation_message(err, prefix: str = "", flags: bool = False) -> str:
     name; ``flags`` writes fields as command-line options (``--grid-level``)."""
     parts = []
     for e in err.errors():
+        message = e["msg"].removeprefix("Value error, ")  # pydantic's wrapper of a ValueError
+        if not e["loc"]:  # a check across fields: its message names them
+            parts.append(message)
+            continue
         name = prefix + ".".join(map(str, e["loc"]))
         if flags:
             name = "--" + name.replace("_", "-")
-        parts.append(f"{name}: {e['msg']}")
+        parts.append(f"{name}: {message}")
     return "; ".join(parts)
