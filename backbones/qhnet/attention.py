@@ -93,7 +93,7 @@ class TransBlock(nn.Module):
         to_dst, to_src = torch.split(self.merge(self.norm_attention(x)), self.dim, dim=1)
         h = self.tp(to_dst[edge_dst] + to_src[edge_src], basis, radial)
         logits, values = torch.split(self.to_logits_values(h), [self.n_logits, self.dim], dim=1)
-        logits = F.leaky_relu(logits, 0.2).view(h.shape[0], self.heads, -1)
+        logits = F.leaky_relu(logits, 0.2).unflatten(1, (self.heads, -1))  # E may be 0
         alpha = softmax((logits * self.alpha_dot).sum(-1), edge_dst, num_nodes=x.shape[0])
         values = values * alpha.index_select(1, self.head_of)
         attended = values.new_zeros(x.shape[0], values.shape[1]).index_add_(0, edge_dst, values)

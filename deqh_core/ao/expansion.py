@@ -38,7 +38,7 @@ class BlockExpansion(torch.nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """``[N, D]`` -> ``[N, A, A]``."""
-        return (features @ self.q.T).view(-1, self.width, self.width)
+        return (features @ self.q.T).unflatten(-1, (self.width, self.width))
 
     def inverse(self, blocks: torch.Tensor) -> torch.Tensor:
         """``[N, A, A]`` -> ``[N, D]``."""

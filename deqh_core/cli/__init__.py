@@ -46,6 +46,10 @@ class _Group(TyperGroup):
         except DeqhError as err:
             stderr.print(f"error: {err}", style="red", markup=False)
             raise typer.Exit(1) from None
+        except (FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError) as err:
+            # a path the user gave that cannot be written (or read): one line naming it
+            stderr.print(f"error: {err.filename}: {err.strerror}", style="red", markup=False)
+            raise typer.Exit(1) from None
 
     def list_commands(self, ctx) -> list[str]:
         if not _other_plugins():  # spare `deqh --help` the import of torch

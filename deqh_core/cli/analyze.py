@@ -10,6 +10,7 @@ import numpy as np
 import typer
 
 from deqh_core.util.errors import DataError, DeqhError
+from deqh_core.util.files import check_output_dir
 
 
 def register(app: typer.Typer) -> None:
@@ -27,9 +28,9 @@ def _levels(text: str) -> list[float]:
     try:
         levels = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a comma-separated list of numbers") from None
-    if not levels or min(levels) <= 0:
-        raise typer.BadParameter("need at least one positive noise level")
+        raise DataError(f"--levels {text!r}: not a comma-separated list of numbers") from None
+    if not levels or not all(np.isfinite(v) and v > 0 for v in levels):
+        raise DataError(f"--levels {text!r}: noise levels are finite and positive (Hartree)")
     return levels
 
 
@@ -103,8 +104,9 @@ def convergence_command(
             f"--nfe-checkpoint: {run_dir} holds no metrics.csv of a DEQ run, so there is no "
             "Fig. 4a to add them to"
         )
-    recipe = loaded.dataset_recipe(data)
     out = out or checkpoint.parent / "analysis"
+    check_output_dir(out)
+    recipe = loaded.dataset_recipe(data)
     _, records, note = select_records(loaded, data, split, None)
     record = pick_record(records, molecule_id)
     name = f"molecule {record.id} ({record.source or '?'})"
@@ -159,6 +161,7 @@ def noise_command(
     console = Console(highlight=False, markup=False)
 
     noise_levels = _levels(levels)
+    check_output_dir(out)
     dataset = HamiltonianDataset(data or BUNDLED)
     ids = dataset.ids if molecule_id is None else [molecule_id]
     if molecule_id is not None and molecule_id not in dataset.ids:

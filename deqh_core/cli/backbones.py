@@ -7,6 +7,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from deqh_core.util.errors import DeqhError
+
 backbones_app = typer.Typer(help="List and check the registered backbones.")
 
 
@@ -55,6 +57,8 @@ def backbones_check(
 
     from deqh_core.plugins.testing import check_backbone
 
+    if prior not in ("none", "1e", "minao"):
+        raise DeqhError(f"--prior {prior!r}: not a prior (none, 1e or minao)")
     results = check_backbone(name, basis=basis, seed=seed, raise_on_failure=False, prior=prior)
     table = Table(title=f"deqh backbones check {name}")
     for column in ("mode", "check", "result", "detail"):

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from deqh_core.cli.options import DeviceOption, EmaOption, ProgressOption, SplitName
+from deqh_core.util.files import check_outputs
 
 
 def register(app: typer.Typer) -> None:
@@ -97,10 +98,13 @@ def evaluate_command(
     from deqh_core.inference.evaluate import evaluate_checkpoint
 
     split_name = split.value if split is not None else None
+    json_path = json_out or default_json_path(checkpoint, data, split_name)
+    check_outputs(
+        {"--json": json_path, "--csv": csv_out}, {"the checkpoint": checkpoint, "--data": data}
+    )
     result = evaluate_checkpoint(
         checkpoint, data, split_name, device, batch_size, ema=ema, progress=progress
     )
-    json_path = json_out or default_json_path(checkpoint, data, split_name)
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     title = f"deqh evaluate: {result.model['backbone']}{' --deq' if result.model['deq'] else ''}"
     title += f"{' +S' if result.model['overlap'] else ''} (step {result.step}, {result.weights})"

@@ -17,6 +17,7 @@ from deqh_core.cli.options import (
     RecipeOption,
 )
 from deqh_core.util.errors import DeqhError
+from deqh_core.util.files import check_output_dir
 
 if TYPE_CHECKING:
     from deqh_core.inference.predict import Prediction
@@ -125,6 +126,7 @@ def predict_command(
     from deqh_core.data.recipe import describe_recipe
     from deqh_core.inference.predict import predict_frames, prepare, save_predictions
 
+    check_output_dir(out)
     loaded, labels, source, frames, names = prepare(
         checkpoint, xyz, device, ema, recipe or (), close_ok=keep_going
     )

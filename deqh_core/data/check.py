@@ -11,10 +11,11 @@ import numpy as np
 from torch_geometric.loader import DataLoader
 
 from deqh_core.ao.blocks import assemble, unflatten
-from deqh_core.ao.orbitals import density, occupied_count, solve
+from deqh_core.ao.orbitals import ElectronCountError, density, occupied_count, solve
 from deqh_core.data.dataset import HamiltonianDataset, asymmetry
 from deqh_core.data.recipe import Recipe, labels_recipe
 from deqh_core.data.splits import random_split
+from deqh_core.util.errors import DataError
 
 
 @dataclass
@@ -70,7 +71,10 @@ def check_dataset(
             record = data.reader.get(mol_id)
             exact &= bool(np.array_equal(h_mol.numpy(), record.hamiltonian))
             eps, _ = solve(h_mol.numpy(), s_mol.numpy())
-            n_occ = occupied_count(record.atomic_numbers, recipe.basis, recipe.charge, len(eps))
+            try:
+                n_occ = occupied_count(record.atomic_numbers, recipe.basis, recipe.charge, len(eps))
+            except ElectronCountError as err:
+                raise DataError(f"{path}: molecule id {mol_id}: {err}") from None
             homo.append(float(eps[n_occ - 1]))
             gap.append(float(eps[n_occ] - eps[n_occ - 1]) if n_occ < len(eps) else float("nan"))
     n_atoms = np.array([len(info.atomic_numbers) for info in probe.reader.infos()])

@@ -20,6 +20,7 @@ molecule intact and nothing half-written.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -119,8 +120,17 @@ class HamiltonianDB:
             if mode == "r":
                 self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)
             else:
+                existed = self.path.is_file() and self.path.stat().st_size > 0
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._db = sqlite3.connect(self.path)
+                tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+                if existed and "data" not in tables:  # someone else's database: leave it be
+                    self._db.close()
+                    held = ", ".join(sorted(tables)) or "nothing"
+                    raise DataError(
+                        f"{self.path}: an SQLite file without a 'data' table (it holds "
+                        f"{held}); labels go only into a new file or a QH9-schema one"
+                    )
                 self._db.executescript(_SCHEMA)
             tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
         except sqlite3.DatabaseError as err:
@@ -148,8 +158,24 @@ class HamiltonianDB:
         return self._query("SELECT COUNT(*) FROM data")[0][0]
 
     def ids(self) -> list[int]:
-        """Ids of all molecules, ascending."""
-        return [int(r[0]) for r in self._query(f"SELECT {self._key} FROM data ORDER BY 1")]
+        """Ids of all molecules, ascending.
+
+        Raises:
+            DataError: an id that is no integer, or one given to two molecules; names it.
+        """
+        return self._checked_ids(
+            [r[0] for r in self._query(f"SELECT {self._key} FROM data ORDER BY 1")]
+        )
+
+    def _checked_ids(self, ids: list) -> list[int]:
+        """``ids`` (ascending) if each is an integer given to one molecule; else a DataError."""
+        bad = next((i for i in ids if type(i) is not int), None)
+        if bad is not None:
+            raise DataError(f"{self.path}: molecule id {bad!r} is not an integer")
+        twice = next((a for a, b in itertools.pairwise(ids) if a == b), None)
+        if twice is not None:
+            raise DataError(f"{self.path}: molecule id {twice} is given to two molecules")
+        return ids
 
     def elements(self) -> list[int]:
         """Atomic numbers present in the file (reads only the id and Z columns).
@@ -180,6 +206,7 @@ class HamiltonianDB:
         rows = self._query(
             f"SELECT {self._select[0]}, {self._select[2]}, {extra} FROM data ORDER BY 1"
         )
+        self._checked_ids([row[0] for row in rows])
         return [
             MoleculeInfo(
                 int(row[0]),
@@ -276,7 +303,15 @@ class HamiltonianDB:
         if not self._has_meta:
             return None
         rows = self._query("SELECT value FROM meta WHERE key = 'recipe'")
-        return json.loads(rows[0][0]) if rows else None
+        if not rows:
+            return None
+        try:
+            recipe = json.loads(rows[0][0])
+        except (TypeError, ValueError) as err:
+            raise DataError(f"{self.path}: meta 'recipe' is not JSON ({err})") from None
+        if not isinstance(recipe, dict):
+            raise DataError(f"{self.path}: meta 'recipe' is not a mapping of recipe fields")
+        return recipe
 
     def failures(self) -> dict[int, str]:
         """``{id: reason}`` of molecules whose label could not be computed."""

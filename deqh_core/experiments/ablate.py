@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deqh_core.util.errors import DeqhError
-from deqh_core.util.files import atomic_open, atomic_write
+from deqh_core.util.files import atomic_open, atomic_write, check_output_dir
 
 if TYPE_CHECKING:
     from deqh_core.inference.evaluate import EvaluationResult
@@ -319,10 +319,13 @@ def run_ablation(
         raise AblationError(f"unknown prior(s) {bad}; known: {', '.join(PRIOR_CHOICES)}")
     # `deqh --help` imports this module (VARIANTS): torch and the trainer load when a study runs
     from deqh_core.plugins.manager import get_backbone
+    from deqh_core.util.device import resolve_device
 
     out = Path(out)
     base = base_config(preset, config_file, overrides, backbone, steps, minutes)
     get_backbone(base.model.backbone)  # an unknown backbone fails before anything is written
+    resolve_device(base.run.device)  # and so does a device this machine does not have
+    check_output_dir(out)
     _check_data(base, split)
     _check_settings(out, _settings(base, split))
     for prior in priors:

@@ -342,6 +342,8 @@ def run_data_path(loaded: LoadedModel, must_exist: bool = True) -> Path | None:
 
 
 def _split_ids(loaded: LoadedModel, split: str) -> list[int]:
+    if split not in ("train", "val", "test", "all"):
+        raise DataError(f"--split {split!r}: not a split (train, val, test or all)")
     recorded = loaded.checkpoint.get("split")
     if not isinstance(recorded, dict):
         raise DataError(f"{loaded.path}: the checkpoint records no split; pass --data PATH")

@@ -139,6 +139,9 @@ def read_inputs(
     closer than :data:`~deqh_core.data.domain.MIN_DISTANCE` unless ``close_ok``."""
     if not paths:
         raise DataError("no xyz files given")
+    twice = [p for p, n in Counter(Path(p).resolve() for p in paths).items() if n > 1]
+    if twice:
+        raise DataError(f"{twice[0]}: given twice (its predictions would overwrite each other)")
     known = set(layout.elements if elements is None else elements) & set(layout.elements)
     frames = []
     for path in map(Path, paths):

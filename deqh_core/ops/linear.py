@@ -142,7 +142,7 @@ class FusedLinear(nn.Module):
         weights = torch.split(weight, self.weight_sizes, dim=-1) if self.paths else ()
         outs = []
         for (inputs, dim, c_in, c_out, scale, scalar), w in zip(self.paths, weights):
-            parts = [pieces[i].view(n, -1, dim) for i in inputs]
+            parts = [pieces[i].unflatten(1, (-1, dim)) for i in inputs]  # n may be 0
             xt = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]  # [n, C_in, dim]
             # components become rows: [n * dim, C_in] @ [C_in, C_out]
             rows = xt.transpose(1, 2)

@@ -81,7 +81,7 @@ class IrrepsLayerNorm(nn.Module):
                 y = y + bias[scalar : scalar + mul, None]
                 scalar += mul
             channel += mul
-            out.append(y.reshape(n, -1))
+            out.append(y.flatten(1))  # not reshape(n, -1): n may be 0
         return torch.cat(out, dim=1)
 
 

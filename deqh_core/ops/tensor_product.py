@@ -236,7 +236,8 @@ class FusedSphericalTP(nn.Module):
         out, k = [], 0
         for _, in_dim, _, outputs in self.groups:
             for _ in outputs:
-                out.append((sh @ getattr(self, f"basis_{k}")).view(sh.shape[0], in_dim, -1))
+                basis = getattr(self, f"basis_{k}")  # sizes spelt out: E may be 0 (one atom)
+                out.append((sh @ basis).view(sh.shape[0], in_dim, basis.shape[1] // in_dim))
                 k += 1
         return out
 
@@ -475,7 +476,7 @@ class FusedChannelTP(nn.Module):
                     out[t] = part * ws[p]
                 else:  # in place: the sum's old value is not needed for the gradient
                     out[t].addcmul_(part, ws[p])
-        return torch.cat([o.reshape(n, -1) for o in out], dim=1)
+        return torch.cat([o.flatten(1) for o in out], dim=1)  # flatten: n may be 0
 
 
 class E3nnChannelTP(nn.Module):

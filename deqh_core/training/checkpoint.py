@@ -106,7 +106,18 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
         raise CheckpointError(f"{path}: not a readable checkpoint ({_reason(err)})") from None
     if not isinstance(state, dict) or "model" not in state or "describe" not in state:
         raise CheckpointError(f"{path}: not a deqh checkpoint")
+    _check_format(state, path)
     return state
+
+
+def _check_format(state: dict, path: Path) -> None:
+    """Refuse a format this deqh does not know (a newer deqh's, or junk)."""
+    written = state.get("format", 1)
+    if type(written) is not int or not 1 <= written <= FORMAT:
+        raise CheckpointError(
+            f"{path}: checkpoint format {written!r}, but this deqh reads formats 1 to {FORMAT} "
+            "(written by a newer deqh? upgrade deqh)"
+        )
 
 
 def _first_line(err: Exception) -> str:
@@ -254,6 +265,7 @@ def upgrade_checkpoint(source: str | Path, target: str | Path) -> dict:
         raise CheckpointError(f"{source}: not a readable checkpoint ({_reason(err)})") from None
     if not isinstance(state, dict) or "model" not in state or "describe" not in state:
         raise CheckpointError(f"{source}: not a deqh checkpoint")
+    _check_format(state, Path(source))
     if state.get("format") == FORMAT:
         raise CheckpointError(f"{source}: already in format {FORMAT}; nothing to upgrade")
     state = dict(state)

@@ -317,6 +317,9 @@ def parse_override(text: str) -> dict:
     return nested
 
 
+_SECTIONS = {k for k, f in TrainConfig.model_fields.items() if isinstance(f.default, BaseModel)}
+
+
 def load_config(
     preset: str | None = None, file: str | Path | None = None, *overrides: dict
 ) -> TrainConfig:
@@ -326,11 +329,16 @@ def load_config(
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
         values = _merge(values, PRESETS[preset])
-    if file is not None:
-        values = _merge(values, read_settings(file))
-    for update in overrides:
-        values = _merge(values, update)
     where = f" in {file}" if file else ""
+    sources = ([read_settings(file)] if file is not None else []) + list(overrides)
+    for update in sources:
+        for key in _SECTIONS & set(update):  # merged over a preset, a non-mapping erases it
+            if not isinstance(update[key], dict):
+                raise ConfigError(
+                    f"invalid configuration{where}: {key}: a section of settings "
+                    f"(key: value), not {update[key]!r}"
+                )
+        values = _merge(values, update)
     try:
         values = upgrade_config(values, written_as=CONFIG_VERSION)  # a file may say `version: 1`
         return TrainConfig.model_validate(values)

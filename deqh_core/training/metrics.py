@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from deqh_core.ao.blocks import assemble, block_gather, unflatten
-from deqh_core.ao.orbitals import occupied_count, solve
+from deqh_core.ao.orbitals import ElectronCountError, occupied_count, solve
 from deqh_core.solvers.deq import DEQDiagnostics
 from deqh_core.solvers.protocol import Blocks
 from deqh_core.util.errors import DeqhError
@@ -192,7 +192,10 @@ def batch_metrics(
     rows = []
     for b, mol_id in enumerate(ids):
         z_mol = z[ptr[b] : ptr[b + 1]]
-        n_occ = occupied_count(z_mol, basis, charge, len(h_true[b]))
+        try:
+            n_occ = occupied_count(z_mol, basis, charge, len(h_true[b]))
+        except ElectronCountError as err:
+            raise ElectronCountError(f"molecule id {mol_id}: {err}") from None
         row = MoleculeMetrics(
             mol_id=int(mol_id),
             n_atoms=len(z_mol),

@@ -59,6 +59,7 @@ from deqh_core.training.metrics import MAEAccumulator, training_loss
 from deqh_core.training.model import HamiltonianModel, n_parameters
 from deqh_core.util.device import resolve_device, to_device
 from deqh_core.util.errors import DataError, DeqhError
+from deqh_core.util.files import check_output_dir
 from deqh_core.util.progress import tracked
 
 
@@ -340,6 +341,7 @@ class Trainer:
     def fit(self, resume: bool = False, stop_at_step: int | None = None) -> TrainResult:
         """Train to ``optim.max_steps`` (or ``stop_at_step``, as if killed there)."""
         cfg = self.config
+        check_output_dir(self.out, "run.out (--out)")
         self.out.mkdir(parents=True, exist_ok=True)
         last = self.out / "last.pt"
         if resume:

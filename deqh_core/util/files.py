@@ -53,6 +53,46 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
     return Path(path)
 
 
+def check_output_dir(path: str | Path, what: str = "--out", file: bool = False) -> None:
+    """Refuse, before any work, an output folder (or, with ``file``, the folder of an output
+    file) that cannot be made: an existing file, or a path under one.
+
+    Raises:
+        ConfigError: naming the option and the file in the way.
+    """
+    path = Path(path)
+    for folder in path.parents if file else (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is" if folder == path else f"lies under {folder}, which is"
+                raise ConfigError(f"{what} {path}: {where} a file, not a folder")
+            return
+
+
+def check_outputs(outputs: dict[str, str | Path | None], inputs: dict[str, str | Path | None]):
+    """Refuse, before any work, an output file that is one of the ``inputs`` or another output
+    (it would be overwritten), or whose folder cannot be made; ``outputs`` and ``inputs`` map
+    an option name (``--json``) to its path (None: not given).
+
+    Raises:
+        ConfigError: naming both options.
+    """
+    seen: dict[Path, str] = {}
+    for name, path in inputs.items():
+        if path is not None:
+            seen.setdefault(Path(path).resolve(), name)
+    for name, path in outputs.items():
+        if path is None:
+            continue
+        key = Path(path).resolve()
+        if key in seen:
+            raise ConfigError(f"{name} {path} is also {seen[key]}: it would be overwritten")
+        seen[key] = name
+        check_output_dir(path, name, file=True)
+        if key.is_dir():
+            raise ConfigError(f"{name} {path}: is a folder, not a file")
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last
     silently, so a typo'd duplicate would change a run without a word)."""
