@@ -244,3 +244,17 @@ def test_a_single_atom_is_predicted_alone_as_beside_a_molecule(tmp_path):
     assert alone.hamiltonian.shape == (14, 14)  # O in def2-SVP
     np.testing.assert_allclose(alone.hamiltonian, beside.hamiltonian, atol=1e-5, rtol=0)
     assert alone.deq_nstep == beside.deq_nstep
+
+
+def test_weights_that_do_not_fit_are_named_by_key(tmp_path):
+    from deqh_core.inference.loaded import load_model
+    from deqh_core.training.checkpoint import CheckpointError, load_checkpoint
+
+    state = load_checkpoint(OLD_CHECKPOINT)
+    key = "net.solver.solver.backbone.rbf.raw_alpha"
+    for weights in (state["model"], state.get("ema") or {}):
+        for name in [n for n in weights if n.endswith(key)]:
+            del weights[name]
+    torch.save(state, tmp_path / "cut.pt")
+    with pytest.raises(CheckpointError, match=rf"cut\.pt: weights do not fit .*Missing.*{key}"):
+        load_model(tmp_path / "cut.pt")

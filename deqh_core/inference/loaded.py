@@ -295,10 +295,11 @@ def load_model(
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
-        first = str(err).strip().splitlines()
+        # torch's first line is a heading; the lines after it name the keys and shapes
+        lines = [line.strip() for line in str(err).strip().splitlines()[1:] if line.strip()]
+        detail = "; ".join(lines)[:300] or str(err).strip()
         raise CheckpointError(
-            f"{path}: weights do not fit the model {describe['backbone']!r} "
-            f"({first[0] if first else err})"
+            f"{path}: weights do not fit the model {describe['backbone']!r} ({detail})"
         ) from None
     model.eval()
     return LoadedModel(

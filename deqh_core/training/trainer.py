@@ -65,7 +65,20 @@ from deqh_core.util.progress import tracked
 
 def make_split(dataset: HamiltonianDataset, config) -> Split:
     """The run's split of ``dataset.ids`` per ``config`` (a ``DataConfig``); reads atom counts
-    and sources only, never the matrices."""
+    and sources only, never the matrices.
+
+    Raises:
+        DataError: sizes the file cannot fill, naming the file and ``data.sizes``.
+    """
+    try:
+        return _split(dataset, config)
+    except ValueError as err:  # the split functions' own checks (sizes against ids)
+        raise DataError(
+            f"{dataset.path}: data.split={config.split!r} with data.sizes={config.sizes!r}: {err}"
+        ) from None
+
+
+def _split(dataset: HamiltonianDataset, config) -> Split:
     ids = dataset.ids
     if config.split == "random":
         return random_split(ids, config.sizes, config.split_seed)
