@@ -72,6 +72,8 @@ def make_split(dataset: HamiltonianDataset, config) -> Split:
     """
     try:
         return _split(dataset, config)
+    except DeqhError:
+        raise
     except ValueError as err:  # the split functions' own checks (sizes against ids)
         raise DataError(
             f"{dataset.path}: data.split={config.split!r} with data.sizes={config.sizes!r}: {err}"
