@@ -3,6 +3,7 @@ resume into the directory they are given."""
 
 import random
 import shutil
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +204,21 @@ def test_resume_refuses_changes_that_make_another_run(run, tmp_path, monkeypatch
     result = _train("--resume", "--out", str(copy), "--data", str(other))
     assert result.exit_code == 1 and "is not the dataset this run was trained on" in result.output
     assert _snapshot(copy) == before
+    # the run's own file, replaced by other geometries under the same ids and recipe
+    with sqlite3.connect(run / "data" / "we.db") as db:
+        original = db.execute("SELECT pos FROM data WHERE id = 5").fetchone()[0]
+        moved = (np.frombuffer(original, "<f8") + 0.01).astype("<f8").tobytes()
+        db.execute("UPDATE data SET pos = ? WHERE id = 5", (moved,))
+    try:
+        result = _train("--resume", "--out", str(copy))
+        assert result.exit_code == 1, result.output
+        assert "the same molecule ids and recipe, but other geometries" in result.output
+        result = runner.invoke(app, ["evaluate", str(copy / "last.pt"), "--no-progress"])
+        assert result.exit_code == 1 and "but other geometries" in result.output, result.output
+        assert _snapshot(copy) == before
+    finally:
+        with sqlite3.connect(run / "data" / "we.db") as db:
+            db.execute("UPDATE data SET pos = ? WHERE id = 5", (original,))
     result = _train("--resume", "--out", str(tmp_path / "nothing"))
     assert result.exit_code == 1 and "no such checkpoint" in result.output
     assert not (tmp_path / "nothing").exists()

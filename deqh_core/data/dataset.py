@@ -315,7 +315,10 @@ class HamiltonianDataset(Dataset):
         """The file's identity and its labels' recipe
         (:func:`deqh_core.data.domain.dataset_identity`)."""
 
-        return dataset_identity(self.path, self.reader.ids(), self.recipe, self._basis)
+        reader = self.reader
+        return dataset_identity(
+            self.path, reader.ids(), self.recipe, self._basis, reader.structures()
+        )
 
 
 def _elements(reader) -> list[int]:

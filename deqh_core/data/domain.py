@@ -38,18 +38,22 @@ DISTANCE_MARGIN = 0.02
 """Relative margin before a distance counts as outside the training range (2 %)."""
 
 
-def dataset_identity(path: str | Path, ids: Iterable[int], meta: dict | None, basis: str) -> dict:
+def dataset_identity(
+    path: str | Path, ids: Iterable[int], meta: dict | None, basis: str, structures: Iterable = ()
+) -> dict:
     """What a checkpoint records about its dataset.
 
-    Returns ``{"path", "checksum", "molecules", "recipe", "recipe_note", "file_recipe"}``:
-    the absolute path, ``sha256`` of the sorted molecule ids and the stored recipe (``meta``),
-    the number of molecules, the labels' recipe (:func:`deqh_core.data.recipe.labels_recipe`) as a
-    dict, what was assumed (``None`` when the file records its recipe) and the stored meta.
+    Returns ``{"path", "checksum", "geometry", "molecules", "recipe", "recipe_note",
+    "file_recipe"}``: the absolute path, ``sha256`` of the sorted molecule ids and the stored
+    recipe (``meta``), :func:`geometry_checksum` of ``structures``, the number of molecules, the
+    labels' recipe (:func:`deqh_core.data.recipe.labels_recipe`) as a dict, what was assumed
+    (``None`` when the file records its recipe) and the stored meta.
     """
     recipe, note = labels_recipe(meta, basis)
     return {
         "path": str(Path(path).resolve()),
         "checksum": dataset_checksum(ids, meta),
+        "geometry": geometry_checksum(structures),
         "molecules": len(list(ids)),
         "recipe": recipe.model_dump(),
         "recipe_note": note,
@@ -61,6 +65,17 @@ def dataset_checksum(ids: Iterable[int], meta: dict | None) -> str:
     """``sha256`` of a dataset's sorted molecule ids and stored recipe (hex)."""
     payload = {"ids": sorted(int(i) for i in ids), "recipe": meta or None}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def geometry_checksum(structures: Iterable[tuple[int, np.ndarray, np.ndarray]]) -> str:
+    """``sha256`` (hex) of every molecule's id, atomic numbers and positions, in the order given
+    (ascending id): a file replaced by other molecules under the same ids is another dataset."""
+    digest = hashlib.sha256()
+    for mol_id, z, pos in structures:
+        digest.update(np.int64(mol_id).tobytes())
+        digest.update(np.ascontiguousarray(z, dtype="<i8").tobytes())
+        digest.update(np.ascontiguousarray(pos, dtype="<f8").tobytes())
+    return digest.hexdigest()
 
 
 def recorded_recipe(identity: dict | None) -> tuple[Recipe, str | None] | None:

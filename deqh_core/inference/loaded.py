@@ -34,7 +34,12 @@ from torch_geometric.data import Batch, Data
 from deqh_core.ao.basis import AOLayout, symbol
 from deqh_core.ao.blocks import assemble, unflatten
 from deqh_core.data.dataset import BUNDLED, HamiltonianDataset, molecule_data, structure_item
-from deqh_core.data.domain import TrainingDomain, dataset_checksum, recorded_recipe
+from deqh_core.data.domain import (
+    TrainingDomain,
+    dataset_checksum,
+    geometry_checksum,
+    recorded_recipe,
+)
 from deqh_core.data.md17 import open_source
 from deqh_core.data.recipe import Recipe, labels_recipe, override_recipe
 from deqh_core.data.store import MoleculeRecord
@@ -338,6 +343,14 @@ def run_data_path(loaded: LoadedModel, must_exist: bool = True) -> Path | None:
             raise DataError(
                 f"{path} is not the dataset {loaded.path} was trained on (its ids or recipe "
                 "differ from the checkpoint's record); pass --data PATH"
+            )
+        if (
+            identity.get("geometry")
+            and geometry_checksum(reader.structures()) != identity["geometry"]
+        ):
+            raise DataError(
+                f"{path} is not the dataset {loaded.path} was trained on: the same molecule ids "
+                "and recipe, but other geometries (replaced or edited since); pass --data PATH"
             )
     return path
 

@@ -303,6 +303,12 @@ class Trainer:
                 f"{self.identity['path']} is not the dataset this run was trained on (its ids or "
                 f"recipe differ from the checkpoint's record of {state['data']['path']})"
             )
+        recorded = (state.get("data") or {}).get("geometry")  # older checkpoints have none
+        if recorded is not None and recorded != self.identity["geometry"]:
+            raise CheckpointError(
+                f"{self.identity['path']} is not the dataset this run was trained on: the same "
+                "molecule ids and recipe, but other geometries (replaced or edited since)"
+            )
         self.step, self.best = state["step"], state["best"]
         set_rng_state(state["rng"])
 
