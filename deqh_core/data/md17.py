@@ -20,6 +20,7 @@ from deqh_core.ao.basis import AOLayout, symbol
 from deqh_core.ao.convention import convert
 from deqh_core.data.store import HamiltonianDB, MoleculeInfo, MoleculeRecord
 from deqh_core.util.errors import DataError, DeqhError
+from deqh_core.util.files import not_found
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 # What reading an ASE database can raise on a damaged file or row (besides our own errors).
@@ -52,7 +53,7 @@ def _table_list(schema: dict[str, list[str]]) -> str:
 
 def _check_file(path: Path) -> None:
     if not path.is_file():
-        raise DataError(f"{path}: no such file")
+        raise DataError(not_found(path, "file"))
 
 
 class MD17Reader:

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from deqh_core.util.errors import DataError
+from deqh_core.util.files import not_found
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS data (
@@ -115,7 +116,7 @@ class HamiltonianDB:
             raise ValueError(f"mode must be 'r' or 'a', not {mode!r}")
         self.mode = mode
         if mode == "r" and not self.path.is_file():
-            raise DataError(f"{self.path}: no such database file")
+            raise DataError(not_found(self.path, "database file"))
         try:
             if mode == "r":
                 self._db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True)

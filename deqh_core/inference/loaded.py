@@ -57,6 +57,7 @@ from deqh_core.training.config import TrainConfig, load_config, upgrade_config
 from deqh_core.training.model import HamiltonianModel
 from deqh_core.util.device import resolve_device, to_device
 from deqh_core.util.errors import CheckpointError, ConfigError, DataError, DeqhError
+from deqh_core.util.files import not_found
 
 
 @dataclass
@@ -390,7 +391,7 @@ def evaluation_dataset(
         return HamiltonianDataset(path, layout=layout, ids=ids), f"{path} (split: {split})"
     path = Path(data)
     if not path.exists():
-        raise DataError(f"{path}: no such dataset file")
+        raise DataError(not_found(path, "dataset file"))
     try:
         probe = HamiltonianDataset(path, basis=layout.basis)
     except DataError as err:

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from deqh_core.util.errors import CheckpointError
-from deqh_core.util.files import atomic_open
+from deqh_core.util.files import atomic_open, not_found
 
 __all__ = [
     "FORMAT",
@@ -80,7 +80,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint")
+        raise CheckpointError(not_found(path, "checkpoint"))
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
@@ -244,7 +244,7 @@ def upgrade_checkpoint(source: str | Path, target: str | Path) -> dict:
     """
     source, target = Path(source), Path(target)
     if not source.is_file():
-        raise CheckpointError(f"{source}: no such checkpoint")
+        raise CheckpointError(not_found(source, "checkpoint"))
     if target.exists():
         raise CheckpointError(f"{target}: exists; choose a new file (nothing was overwritten)")
     try:

@@ -59,7 +59,7 @@ from deqh_core.training.metrics import MAEAccumulator, training_loss
 from deqh_core.training.model import HamiltonianModel, n_parameters
 from deqh_core.util.device import resolve_device, to_device
 from deqh_core.util.errors import DataError, DeqhError
-from deqh_core.util.files import check_output_dir
+from deqh_core.util.files import check_output_dir, not_found
 from deqh_core.util.progress import tracked
 
 
@@ -175,8 +175,8 @@ class Trainer:
         path = config.data.path or BUNDLED
         if not Path(path).is_file():
             raise DeqhError(
-                f"{path}: no such dataset file (relative paths are from the working directory; "
-                "docs/reproduce.md says how to obtain each preset's data; --data PATH)"
+                f"{not_found(path, 'dataset file')} (relative paths are from the working "
+                "directory; docs/reproduce.md says how to obtain each preset's data; --data PATH)"
             )
         dataset = HamiltonianDataset(path, basis=config.data.basis)
         self.split = make_split(dataset, config.data)
@@ -206,7 +206,11 @@ class Trainer:
         ]
         self.train_set, self.val_set = sets
         if not len(self.train_set) or not len(self.val_set):
-            raise DeqhError(f"split {config.data.sizes!r} leaves no training or validation data")
+            raise DeqhError(
+                f"{path}: data.split={config.data.split!r} with data.sizes={config.data.sizes!r} "
+                f"leaves {len(self.train_set)} training and {len(self.val_set)} validation "
+                f"molecules of its {len(dataset.ids)}; both need at least one"
+            )
         self.val_loader = DataLoader(
             self.val_set, batch_size=d.val_batch_size or d.batch_size, **self._loader_options()
         )

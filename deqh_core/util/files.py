@@ -53,6 +53,11 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
     return Path(path)
 
 
+def not_found(path: str | Path, what: str) -> str:
+    """``"PATH: no such WHAT"``, or ``"PATH: a folder, not a WHAT"`` when it is one."""
+    return f"{path}: a folder, not a {what}" if Path(path).is_dir() else f"{path}: no such {what}"
+
+
 def check_output_dir(path: str | Path, what: str = "--out", file: bool = False) -> None:
     """Refuse, before any work, an output folder (or, with ``file``, the folder of an output
     file) that cannot be made: an existing file, or a path under one.
