@@ -108,7 +108,7 @@ def convergence_command(
     check_output_dir(out)
     recipe = loaded.dataset_recipe(data)
     _, records, note = select_records(loaded, data, split, None)
-    record = pick_record(records, molecule_id)
+    record = pick_record(records, molecule_id, note)
     name = f"molecule {record.id} ({record.source or '?'})"
     console.print(f"{note}; Fig. 4b/6 on {name}")
 

@@ -330,14 +330,15 @@ def _save(fig, path: str | Path) -> Path:
     return Path(path)
 
 
-def pick_record(records: list, mol_id: int | None):
-    """The record with id ``mol_id`` (default: the first)."""
+def pick_record(records: list, mol_id: int | None, where: str = "the selected molecules"):
+    """The record with id ``mol_id`` (default: the first) among ``records`` (``where`` names
+    them in the error)."""
     if mol_id is None:
         return records[0]
     for r in records:
         if r.id == mol_id:
             return r
-    raise DataError(f"no molecule with id {mol_id} among the selected ones")
+    raise DataError(f"--molecule-id {mol_id}: no such molecule in {where}")
 
 
 def noise_analysis(
