@@ -1,4 +1,4 @@
-"""Files: atomic writes, and settings files read into a mapping.
+"""Files: atomic writes, checks of output paths, and settings files read into a mapping.
 
 A file deqh writes is either as it was or complete, never half-written.
 
