@@ -374,6 +374,13 @@ def _split_ids(loaded: LoadedModel, split: str) -> list[int]:
     return ids
 
 
+def _checked(dataset: HamiltonianDataset) -> HamiltonianDataset:
+    """``dataset`` once its records fit the layout (byte counts only): a broken record stops a
+    command here, not after minutes of ``H0`` or model evaluations."""
+    dataset.check_sizes()
+    return dataset
+
+
 def evaluation_dataset(
     loaded: LoadedModel, data: str | Path | None = None, split: str | None = None
 ) -> tuple[HamiltonianDataset, str]:
@@ -388,7 +395,8 @@ def evaluation_dataset(
         path = run_data_path(loaded)
         split = split or "test"
         ids = _split_ids(loaded, split)
-        return HamiltonianDataset(path, layout=layout, ids=ids), f"{path} (split: {split})"
+        dataset = _checked(HamiltonianDataset(path, layout=layout, ids=ids))
+        return dataset, f"{path} (split: {split})"
     path = Path(data)
     if not path.exists():
         raise DataError(not_found(path, "dataset file"))
@@ -406,7 +414,7 @@ def evaluation_dataset(
             f"{' '.join(symbol(z) for z in layout.elements)}); {loaded.path} cannot predict them"
         )
     if split is None or split == "all":
-        return HamiltonianDataset(path, layout=layout), f"{path} (all molecules)"
+        return _checked(HamiltonianDataset(path, layout=layout)), f"{path} (all molecules)"
     ids = _split_ids(loaded, split)
     missing = sorted(set(ids) - set(probe.ids))
     if missing:
@@ -414,7 +422,7 @@ def evaluation_dataset(
             f"{path}: lacks {len(missing)} molecule id(s) of the checkpoint's {split} split "
             f"(e.g. {missing[:5]}); is it the run's dataset?"
         )
-    return HamiltonianDataset(path, layout=layout, ids=ids), f"{path} (split: {split})"
+    return _checked(HamiltonianDataset(path, layout=layout, ids=ids)), f"{path} (split: {split})"
 
 
 def select_records(
