@@ -19,6 +19,7 @@ from deqh_core.data.dataset import HamiltonianDataset
 from deqh_core.data.qm9 import parse_ids, qm9_table, read_qm9_csv, select_ids
 from deqh_core.data.splits import QH9_STABLE_SIZE, qh9_stable_id_split
 from deqh_core.data.store import HamiltonianDB, MoleculeRecord
+from deqh_core.data.xyz import read_xyz
 from deqh_core.training.config import DataConfig
 from deqh_core.training.trainer import make_split
 from deqh_core.util.errors import DataError
@@ -213,3 +214,20 @@ def test_qh9_split_refuses_ids_that_are_not_qh9_stable_ids(tmp_path):
         db.write(MoleculeRecord(QH9_STABLE_SIZE, z, pos, np.eye(24)))
     with pytest.raises(DataError, match="id 130831 is not a QH9-stable id"):
         make_split(HamiltonianDataset(path), DataConfig(split="qh9_stable_id"))
+
+
+@needs_qm9pack
+def test_xyz_writes_the_selected_geometries(tmp_path, table):
+    out = tmp_path / "val.xyz"
+    args = ["data", "qh9", "--part", "val", "--ids", "20-50", "--max-atoms", "12", "--xyz", out]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    frames = read_xyz(out)
+    every = qh9_stable_id_split(np.arange(QH9_STABLE_SIZE))
+    expect = [i for i in range(20, 51) if i in set(every.val) and table.n_atoms[i] <= 12]
+    assert [int(f.comment.split()[0].split(":")[1]) for f in frames] == expect and expect
+    for qh9_id, frame in zip(expect, frames):
+        z, pos = table.geometry(qh9_id)
+        np.testing.assert_array_equal(frame.atomic_numbers, z)
+        np.testing.assert_allclose(frame.positions, pos, rtol=0, atol=5e-9)
+        assert table.source(qh9_id) in frame.comment

@@ -10,8 +10,10 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from deqh_core.cli.options import stderr
 from deqh_core.data.recipe import Recipe
 from deqh_core.util.errors import DataError, validation_message
+from deqh_core.util.files import check_output_dir
 
 data_app = typer.Typer(help="Make and inspect Hamiltonian data sets.", no_args_is_help=True)
 
@@ -169,6 +171,15 @@ def data_qh9(
         bool,
         typer.Option("--list", help="Print the selected QH9-stable ids, one a line; label none."),
     ] = False,
+    xyz: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE.xyz",
+            help="Write the selected molecules' QM9 geometries to one multi-frame xyz file "
+            "(comment: QH9-stable id, QM9 source), for deqh predict / scf; label none.",
+            dir_okay=False,
+        ),
+    ] = None,
     xc: XcOption = _DEFAULT["xc"],
     basis: BasisOption = _DEFAULT["basis"],
     grid_level: GridOption = _DEFAULT["grid_level"],
@@ -190,8 +201,11 @@ def data_qh9(
     # imported when the command runs, so that `deqh --help` stays fast
     from deqh_core.data.qm9 import parse_ids, qh9_tasks, qm9_table, select_ids
 
-    if out is None and not list_ids:
-        raise DataError("give OUT.db to label into, or --list to print the selected ids")
+    if out is None and not list_ids and xyz is None:
+        raise DataError(
+            "give OUT.db to label into, --list to print the selected ids or --xyz FILE to write "
+            "their geometries"
+        )
     recipe = _recipe(
         xc=xc,
         basis=basis,
@@ -203,13 +217,31 @@ def data_qh9(
     table = qm9_table()
     wanted = None if ids is None else parse_ids(ids)
     selected = select_ids(table.n_atoms, split, part, max_atoms, wanted, limit)
-    if list_ids:
+    if list_ids or xyz is not None:
         if shard is not None:
             selected = selected[selected % shard[1] == shard[0]]
-        print("\n".join(map(str, selected.tolist())))
+        if xyz is not None:
+            _write_geometries(table, selected, xyz)
+        if list_ids:
+            print("\n".join(map(str, selected.tolist())))
         return
     tasks = qh9_tasks(table, selected)
     _label(tasks, "QH9-stable molecules", out, recipe, workers, shard, progress, store_overlap)
+
+
+def _write_geometries(table, selected, path: Path) -> None:
+    # imported when the command runs, so that `deqh --help` stays fast
+    from deqh_core.ao.basis import symbol
+    from deqh_core.data.xyz import Frame, write_xyz
+
+    check_output_dir(path, "--xyz", file=True)
+    frames = []
+    for i in selected.tolist():
+        z, pos = table.geometry(i)
+        comment = f"qh9-stable:{i} {table.source(i)}"
+        frames.append(Frame([symbol(int(a)) for a in z], z, pos, comment))
+    write_xyz(path, frames)
+    stderr.print(f"{path}: {len(frames)} molecule(s)")
 
 
 def _label(tasks, what, out, recipe, workers, shard, progress, store_overlap) -> None:
@@ -236,6 +268,33 @@ def _label(tasks, what, out, recipe, workers, shard, progress, store_overlap) ->
             f"{out}: nothing could be labelled: all {summary.failed} molecule(s) failed (reasons "
             "in the file's 'failures' table)"
         )
+
+
+@data_app.command("merge")
+def data_merge(
+    out: Annotated[Path, typer.Argument(metavar="OUT.db", help="New file to write.")],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(metavar="IN.db...", help="Files to merge, e.g. the shards of one run."),
+    ],
+) -> None:
+    """Merge dataset files (e.g. shards of deqh data qh9 --shard i/N) into one new file.
+
+    The inputs must share one recipe. A molecule in several inputs is kept once if its copies
+    are identical, and refused (nothing written) if they differ; failures are carried over
+    unless another input labelled the molecule. Check the result with deqh data check OUT.
+    """
+    # imported when the command runs, so that `deqh --help` stays fast
+    from deqh_core.data.merge import merge
+
+    summary = merge(out, inputs)
+    parts = ", ".join(f"{Path(p).name}: {n}" for p, n in summary.per_input.items())
+    Console(highlight=False, soft_wrap=True).print(
+        f"{out}: wrote {summary.written} molecule(s) ({parts}); dropped {summary.duplicates} "
+        f"identical duplicate(s); kept {summary.failures} failure(s), dropped "
+        f"{summary.failures_labelled} failure(s) another input labelled",
+        markup=False,
+    )
 
 
 @data_app.command("check")

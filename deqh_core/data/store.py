@@ -155,6 +155,11 @@ class HamiltonianDB:
             self._select = cols[:5] + self._extras
 
     # -- reading -------------------------------------------------------------------------
+    @property
+    def raw_dynamic(self) -> bool:
+        """A raw QH9-dynamic file: ids are row numbers, positions stored in Bohr."""
+        return self._bohr
+
     def __len__(self) -> int:
         return self._query("SELECT COUNT(*) FROM data")[0][0]
 

@@ -1,4 +1,4 @@
-"""Reader of (multi-frame) xyz files with line-numbered errors.
+"""Reader of (multi-frame) xyz files with line-numbered errors, and their writer.
 
 Frames are concatenated blocks of ``N`` / comment / ``N`` atom lines ``symbol x y z [...]``
 (positions in Å; extra columns, as in extended xyz, are ignored). The symbol may also be an
@@ -15,6 +15,7 @@ import numpy as np
 
 from deqh_core.ao.basis import atomic_number, symbol
 from deqh_core.util.errors import BasisError, DataError
+from deqh_core.util.files import atomic_open
 
 
 @dataclass
@@ -91,3 +92,18 @@ def _integer(text: str) -> int | None:
         return int(text)
     except ValueError:
         return None
+
+
+def write_xyz(path: str | Path, frames: list[Frame]) -> Path:
+    """Write ``frames`` as one multi-frame xyz file (positions in Å, 8 decimals), atomically;
+    :func:`read_xyz` reads it back exactly to those decimals."""
+    lines = []
+    for frame in frames:
+        comment = frame.comment.replace("\n", " ")
+        lines += [str(len(frame.symbols)), comment]
+        lines += [
+            f"{s} {x:.8f} {y:.8f} {z:.8f}" for s, (x, y, z) in zip(frame.symbols, frame.positions)
+        ]
+    with atomic_open(path, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return Path(path)
