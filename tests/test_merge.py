@@ -43,6 +43,9 @@ def test_shards_merge_into_the_unsharded_run(tmp_path):
         assert merged[i].source == record.source
     with HamiltonianDB(tmp_path / "m.db") as a, HamiltonianDB(tmp_path / "all.db") as b:
         assert a.recipe == b.recipe
+        assert a.prior_ids("minao") == b.prior_ids("minao") == {0, 1, 2, 3}  # H0 travels too
+        for i in range(4):
+            np.testing.assert_array_equal(a.prior(i, "minao"), b.prior(i, "minao"))
     # a shard merged again with the whole: every copy of it is the same label, kept once
     again = merge(tmp_path / "again.db", [tmp_path / "all.db", tmp_path / "s1.db"])
     assert again.written == 4 and again.duplicates == 2

@@ -270,3 +270,36 @@ def test_a_prior_checkpoint_refuses_data_and_overrides_of_another_recipe(example
         ["scf", checkpoint, str(xyz), "--guess", "minao", "--out", str(tmp_path / "scf")],
     )
     assert result.exit_code == 0 and "prior H0 (PySCF), s" in result.output, result.output
+
+
+def test_labelling_stores_h0_that_training_reads_without_computing(tmp_path, monkeypatch):
+    """The labelling SCF's first Fock matrix is PySCF's F[D_minao]: stored with the label, it
+    is what PriorCache serves, and nothing is computed for those molecules."""
+    from typer.testing import CliRunner
+
+    from deqh_core.cli import app
+    from deqh_core.data.store import HamiltonianDB
+
+    out = tmp_path / "w.db"
+    args = ["data", "generate", str(out), "--molecule", "H2O", "--molecule", "CH3OH"]
+    result = CliRunner().invoke(app, [*args, "--xc", "pbe", "--basis", "sto-3g", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    recipe = Recipe(xc="pbe", basis="sto-3g")
+    with HamiltonianDB(out) as db:
+        assert db.prior_ids("minao") == {0, 1} and db.prior_ids("1e") == set()
+        for record in db:
+            expected = prior_matrix(recipe, "minao", record.atomic_numbers, record.positions)
+            np.testing.assert_allclose(db.prior(record.id, "minao"), expected, rtol=0, atol=1e-10)
+    calls = []
+    monkeypatch.setattr(prior_module, "_timed", lambda *a: calls.append(a))  # must not run
+    cache = PriorCache(out, recipe, "minao")
+    dataset = HamiltonianDataset(out)
+    assert cache.fill(dataset.structures()) == 0 and not calls
+    item = InitialGuess(recipe, "minao", cache=cache)(dataset[1])
+    with HamiltonianDB(out) as db:
+        stored = db.prior(1, "minao")
+    again = InitialGuess(recipe, "minao")(dataset[1])  # computed by PySCF here
+    torch.testing.assert_close(item.h0_off, again.h0_off, rtol=0, atol=1e-10)
+    assert stored.shape[0] == int(dataset[1].n_ao)
+    # another grid builds another H0: the stored one is not served for it
+    assert PriorCache(out, recipe.model_copy(update={"grid_level": 5}), "minao").stored == set()

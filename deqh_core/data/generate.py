@@ -158,8 +158,9 @@ def label(
     """Run the recipe's RKS on one task.
 
     Returns the record with the Fock matrix at the converged density (``[n_ao, n_ao]``, PySCF AO
-    order, Hartree), total energy (Hartree), cycle count and wall time (s); the overlap only if
-    ``store_overlap``. An SCF that does not converge (or breaks down numerically) gives a
+    order, Hartree), total energy (Hartree), cycle count and wall time (s), and, when the SCF
+    starts from minao, its first Fock matrix: the minao prior ``H0`` (same shape); the overlap
+    only if ``store_overlap``. An SCF that does not converge (or breaks down numerically) gives a
     ``Failure``. Raises ``BasisError``/``DataError`` for inputs the recipe cannot handle.
     """
     recipe = recipe or Recipe()
@@ -167,10 +168,25 @@ def label(
     start = time.perf_counter()
     mf = recipe.rks(_molecule(task, recipe))
     cycles = 0
+    first: list[np.ndarray] = []
 
     def count(_env: dict) -> None:
         nonlocal cycles
         cycles += 1
+
+    if recipe.init_guess == "minao":
+        # PySCF's first get_fock call in kernel() is the Fock matrix of the minao density,
+        # h1e + veff[D_minao], before any DIIS (from cycle 1), damping or level shift (the
+        # recipe sets none): exactly the minao prior H0 = F[D_minao], kept at no cost
+        fock_of = mf.get_fock
+
+        def get_fock(*args, **kwargs):
+            fock = fock_of(*args, **kwargs)
+            if not first:
+                first.append(np.array(fock, dtype=np.float64))
+            return fock
+
+        mf.get_fock = get_fock
 
     mf.callback = count
     try:
@@ -193,6 +209,7 @@ def label(
         source=task.source,
         n_cycles=cycles,
         wall_time=time.perf_counter() - start,
+        h0_minao=(first[0] + first[0].T) / 2 if first else None,
     )
 
 

@@ -108,6 +108,7 @@ def merge(out: str | Path, inputs: Sequence[str | Path]) -> MergeSummary:
                         if record.id in written:
                             summary.duplicates += 1
                             continue
+                        record.h0_minao = db.prior(record.id, "minao")  # with its label
                         target.write(record)
                         written.add(record.id)
                         count += 1

@@ -11,8 +11,10 @@ as QH9's loader does; a plain integer is read as is). Each geometry gets the row
 its id and ``"mol<id>/geo<geo_id>"`` as its source, so the geometries of one molecule share the
 group ``"mol<id>"`` (:func:`~deqh_core.data.splits.groups_from_sources`); positions are
 converted to Å. Our own files add optional columns (``overlap``, ``energy``, ``source``,
-``n_cycles``, ``wall_time``), a ``meta`` table with the labelling recipe and a ``failures``
-table for molecules whose SCF did not converge.
+``n_cycles``, ``wall_time``), a ``meta`` table with the labelling recipe, a ``failures``
+table for molecules whose SCF did not converge and a ``prior`` table (``id, kind, h0``: the
+prior ``H0`` of the file's recipe, float64 blob, PySCF AO order, Hartree; ``kind`` ``"minao"``
+is the labelling SCF's own first Fock matrix ``F[D_minao]``). QH9's readers see none of them.
 
 Each molecule is written in its own transaction, so a killed writer leaves every finished
 molecule intact and nothing half-written.
@@ -41,6 +43,9 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS failures (
     id INTEGER PRIMARY KEY, source TEXT, reason TEXT NOT NULL, n_cycles INTEGER
 );
+CREATE TABLE IF NOT EXISTS prior (
+    id INTEGER NOT NULL, kind TEXT NOT NULL, h0 BLOB NOT NULL, PRIMARY KEY (id, kind)
+);
 """
 BOHR_IN_ANGSTROM = 0.52917721092  # the value PySCF uses (pyscf.lib.param.BOHR)
 _EXTRAS = ("overlap", "energy", "source", "n_cycles", "wall_time")
@@ -59,6 +64,7 @@ class MoleculeRecord:
     source: str | None = None  # where the geometry came from, e.g. "water#3"
     n_cycles: int | None = None  # SCF cycles the label took
     wall_time: float | None = None  # seconds the label took
+    h0_minao: np.ndarray | None = None  # the minao prior F[D_minao] of the file's recipe
 
 
 @dataclass
@@ -140,6 +146,7 @@ class HamiltonianDB:
             raise DataError(f"{self.path}: no table 'data' (not a QH9-schema database)")
         self._has_meta = "meta" in tables
         self._has_failures = "failures" in tables
+        self._has_prior = "prior" in tables
         cols = [r[1] for r in self._db.execute("PRAGMA table_info(data)")]
         if len(cols) < 5:
             raise DataError(f"{self.path}: table 'data' has {len(cols)} columns, expected >= 5")
@@ -319,6 +326,22 @@ class HamiltonianDB:
             raise DataError(f"{self.path}: meta 'recipe' is not a mapping of recipe fields")
         return recipe
 
+    def prior_ids(self, kind: str) -> set[int]:
+        """Ids of the molecules whose prior ``H0`` of ``kind`` the file stores."""
+        if not self._has_prior:
+            return set()
+        return {int(i) for (i,) in self._query("SELECT id FROM prior WHERE kind = ?", (kind,))}
+
+    def prior(self, mol_id: int, kind: str) -> np.ndarray | None:
+        """The stored prior ``H0`` of ``kind`` of one molecule (``[n_ao, n_ao]``, PySCF order,
+        Hartree, made with the file's recipe), or None."""
+        if not self._has_prior:
+            return None
+        rows = self._query("SELECT h0 FROM prior WHERE id = ? AND kind = ?", (mol_id, kind))
+        if not rows:
+            return None
+        return _square(rows[0][0], f"prior {kind} H0", f"{self.path}: molecule id {mol_id}")
+
     def failures(self) -> dict[int, str]:
         """``{id: reason}`` of molecules whose label could not be computed."""
         if not self._has_failures:
@@ -363,7 +386,15 @@ class HamiltonianDB:
             if value is not None and not np.isfinite(value).all():
                 raise DataError(f"molecule id {record.id}: {name} contains NaN or inf; not written")
         s = record.overlap
+        h0 = record.h0_minao
+        if h0 is not None and (h0.shape != h.shape or not np.isfinite(h0).all()):
+            raise DataError(f"molecule id {record.id}: its minao H0 is not a finite {h.shape}")
         with self._db:
+            if h0 is not None:  # one transaction: the prior row exists only with its label
+                self._db.execute(
+                    "INSERT OR REPLACE INTO prior VALUES (?, 'minao', ?)",
+                    (int(record.id), np.ascontiguousarray(h0, dtype="<f8").tobytes()),
+                )
             self._db.execute(
                 "INSERT INTO data (id, N, Z, pos, Ham, overlap, energy, source, n_cycles, "
                 "wall_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -11,9 +11,11 @@ the *labels'* recipe (basis, functional, grid, charge):
 * ``"minao"``: the Fock matrix of PySCF's minao guess density, ``F[D_minao]`` (Coulomb,
   exchange and XC on the recipe's grid: one Fock build, about one SCF cycle).
 
-:class:`PriorCache` keeps every molecule's ``H0`` on disk (an SQLite file per dataset, recipe
-and prior; each row checks the geometry it was computed for), filled in parallel before
-training, so no epoch recomputes it; :class:`InitialGuess` puts ``H0`` on a dataset item in block
+:class:`PriorCache` serves every molecule's ``H0``: from the dataset file itself when its
+labelling stored it (``deqh data generate`` / ``qh9`` keep the minao ``H0``, their SCF's first
+Fock matrix, in the file's ``prior`` table), else from an SQLite cache per dataset, recipe and
+prior (each row checks the geometry it was computed for) filled in parallel before training,
+so no epoch recomputes it; :class:`InitialGuess` puts ``H0`` on a dataset item in block
 form (``h0_diag``, ``h0_off``), from the cache when it has the molecule. A DEQ started from a
 PySCF guess without a prior (``deq.init``) uses the same items.
 """
@@ -35,6 +37,7 @@ import torch
 
 from deqh_core.ao.blocks import assemble, from_square, split, to_square
 from deqh_core.data.recipe import Recipe
+from deqh_core.data.store import HamiltonianDB
 from deqh_core.solvers.deq import DEQSetupError
 from deqh_core.solvers.protocol import Blocks
 from deqh_core.util.cache import cache_dir
@@ -43,6 +46,8 @@ from deqh_core.util.parallel import map_unordered
 from deqh_core.util.progress import tracked
 
 PRIORS = ("none", "1e", "minao")
+# what H0 depends on: a model with a prior learned corrections to H0 built with these
+H0_FIELDS = ("xc", "basis", "grid_level")
 Kind = Literal["1e", "minao"]
 _FORMAT = 1  # bump when what a cache row holds changes
 
@@ -87,6 +92,9 @@ class PriorCache:
         self.path = folder / name
         self._db: sqlite3.Connection | None = None
         self._pid = -1
+        self.stored = _stored_ids(self.dataset, recipe, kind)
+        self._source: HamiltonianDB | None = None
+        self._source_pid = -1
 
     def __repr__(self) -> str:
         return f"PriorCache({self.kind!r}, {self.path})"
@@ -106,11 +114,16 @@ class PriorCache:
         return self._db
 
     def __getstate__(self) -> dict:  # picklable into DataLoader workers, without connection
-        return {**self.__dict__, "_db": None, "_pid": -1}
+        return {**self.__dict__, "_db": None, "_pid": -1, "_source": None, "_source_pid": -1}
 
     def get(self, mol_id: int, atomic_numbers, positions) -> np.ndarray | None:
         """The stored ``H0`` of this molecule, or None if absent or computed for another
-        geometry (positions compared to 1e-4 Å, float32 items included)."""
+        geometry (positions compared to 1e-4 Å, float32 items included). ``H0`` stored in the
+        dataset file itself (its ``prior`` table, written while labelling) comes first."""
+        if int(mol_id) in self.stored:
+            if self._source is None or self._source_pid != os.getpid():
+                self._source, self._source_pid = HamiltonianDB(self.dataset), os.getpid()
+            return self._source.prior(int(mol_id), self.kind)
         row = self.db.execute("SELECT z, pos, h0 FROM h0 WHERE id = ?", (int(mol_id),)).fetchone()
         if row is None or not _same_geometry(row[0], row[1], atomic_numbers, positions):
             return None
@@ -124,7 +137,7 @@ class PriorCache:
         return {
             i: (z, pos)
             for i, z, pos in structures
-            if i not in stored or not _same_geometry(*stored[i], z, pos)
+            if i not in self.stored and (i not in stored or not _same_geometry(*stored[i], z, pos))
         }
 
     def put(self, mol_id: int, atomic_numbers, positions, h0: np.ndarray, seconds: float) -> None:
@@ -167,6 +180,22 @@ class PriorCache:
         e.g. the other ranks of a distributed run, fill their shares meanwhile)."""
         while self.missing(structures):
             time.sleep(poll_s)
+
+
+def _stored_ids(dataset: Path, recipe: Recipe, kind: str) -> set[int]:
+    """Ids whose ``H0`` of ``kind`` the dataset file stores (its ``prior`` table), when the
+    file is deqh's SQLite schema and its recipe builds the same ``H0`` as ``recipe``."""
+    try:
+        with HamiltonianDB(dataset) as db:
+            meta = db.recipe
+            if meta is None:
+                return set()
+            made = Recipe.from_meta({"basis": recipe.basis, **meta})
+            if any(getattr(made, f) != getattr(recipe, f) for f in (*H0_FIELDS, "charge", "spin")):
+                return set()
+            return db.prior_ids(kind)
+    except DataError:  # not a QH9-schema SQLite file (e.g. an ASE database): nothing stored
+        return set()
 
 
 def _same_geometry(z_blob: bytes, pos_blob: bytes, atomic_numbers, positions) -> bool:
@@ -260,6 +289,11 @@ class InitialGuess:
             h = self.cache.get(int(data.mol_id.reshape(-1)[0]), z, pos)
         if h is None:
             h = self.matrix(z, pos)
+        return self.attach(data, h)
+
+    def attach(self, data, h: np.ndarray):
+        """A shallow copy of the item ``data`` with ``h`` (``[n_ao, n_ao]``, PySCF order,
+        Hartree: this transform's guess for the molecule, computed elsewhere) as its ``H0``."""
         n_ao = int(data.n_ao.reshape(-1)[0])
         if h.shape != (n_ao, n_ao):
             raise DataError(
@@ -272,6 +306,8 @@ class InitialGuess:
         out.h0_diag, out.h0_off = split(flat, out)
         out.h0_kind = self.kind
         if self.sqrt_overlap:
+            z = data.z.detach().cpu().numpy()
+            pos = data.pos.detach().cpu().double().numpy()
             s = self.recipe.mole(z, pos).intor("int1e_ovlp")
             out.s_half = torch.as_tensor(sqrt_overlap(s), dtype=dtype).reshape(-1)
         return out
@@ -285,10 +321,6 @@ def sqrt_overlap(s: np.ndarray) -> np.ndarray:
             f"the overlap matrix is not positive definite (lowest eigenvalue {w[0]:.2e})"
         )
     return (v * np.sqrt(w)) @ v.T
-
-
-# what H0 depends on: a model with a prior learned corrections to H0 built with these
-H0_FIELDS = ("xc", "basis", "grid_level")
 
 
 def check_prior_recipe(kind: str, trained: Recipe, given: Recipe, what: str) -> None:
