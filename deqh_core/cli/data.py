@@ -297,6 +297,50 @@ def data_merge(
     )
 
 
+@data_app.command("prior")
+def data_prior(
+    path: Annotated[Path, typer.Argument(metavar="FILE", help="Dataset file.", dir_okay=False)],
+    kind: Annotated[str, typer.Option(help="Prior: minao (one Fock build) or 1e.")] = "minao",
+    basis: Annotated[
+        str | None, typer.Option(help="Basis of an ASE/SchNOrb file (default def2-svp).")
+    ] = None,
+    workers: WorkersOption = 1,
+    progress: ProgressOption = True,
+) -> None:
+    """Add the prior H0 of every molecule to FILE, with its labels' recipe.
+
+    A QH9-schema file (QH9's own, or one of deqh's labelled before H0 was stored with the
+    labels) gets it in its own prior table, which QH9's readers ignore; an ASE database
+    (SchNOrb MD17) in deqh's cache. Resumable (each molecule committed on its own) and
+    parallel (--workers); training and evaluation then compute no H0.
+    """
+    # imported when the command runs, so that `deqh --help` stays fast
+    from deqh_core.data.md17 import open_source
+    from deqh_core.data.recipe import describe_recipe, labels_recipe
+    from deqh_core.data.store import HamiltonianDB
+    from deqh_core.solvers.prior import PRIORS, PriorCache
+
+    if kind not in PRIORS[1:]:
+        raise DataError(f"--kind {kind!r}: use {' or '.join(PRIORS[1:])}")
+    reader = open_source(path, basis=basis)
+    try:
+        native = isinstance(reader, HamiltonianDB)
+        recipe, note = labels_recipe(reader.recipe, basis or getattr(reader, "basis", "def2-svp"))
+        structures = list(reader.structures())
+    finally:
+        reader.close()
+    stderr.print(f"recipe: {describe_recipe(recipe)}" + (f" ({note})" if note else ""))
+    cache = PriorCache(path, recipe, kind)
+    before = len(structures) - len(cache.missing(structures))
+    done = cache.fill(structures, workers, progress, into_dataset=native)
+    where = f"{path}'s prior table" if native else str(cache.path)
+    Console(highlight=False, soft_wrap=True).print(
+        f"{path}: {kind} H0 of {len(structures)} molecule(s) in {where}: computed {done}, "
+        f"{before} were already stored",
+        markup=False,
+    )
+
+
 @data_app.command("check")
 def data_check(
     path: Annotated[

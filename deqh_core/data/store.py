@@ -412,6 +412,19 @@ class HamiltonianDB:
                 ),
             )
 
+    def write_prior(self, mol_id: int, kind: str, h0: np.ndarray) -> None:
+        """Commit the prior ``H0`` of ``kind`` of one molecule (``[n_ao, n_ao]``, PySCF order,
+        Hartree, made with the file's recipe) into the ``prior`` table."""
+        self._writable()
+        h0 = np.ascontiguousarray(h0, dtype="<f8")
+        if h0.ndim != 2 or h0.shape[0] != h0.shape[1] or not np.isfinite(h0).all():
+            raise DataError(f"{self.path}: molecule id {mol_id}: {kind} H0 is not a finite square")
+        with self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO prior VALUES (?, ?, ?)", (int(mol_id), kind, h0.tobytes())
+            )
+        self._has_prior = True
+
     def record_failure(self, mol_id: int, source: str | None, reason: str, n_cycles=None) -> None:
         self._writable()
         with self._db:

@@ -158,21 +158,46 @@ class PriorCache:
         return dict(self.db.execute("SELECT id, seconds FROM h0").fetchall())
 
     def fill(
-        self, structures: Iterable, workers: int = 1, progress: bool = True, shard=(0, 1)
+        self,
+        structures: Iterable,
+        workers: int = 1,
+        progress: bool = True,
+        shard=(0, 1),
+        into_dataset: bool = False,
     ) -> int:
         """Compute and store ``H0`` of every molecule ``(id, atomic_numbers [n], positions
         [n, 3] Å)`` of ``structures`` not yet here (those with ``id % N == i`` for ``shard=(i,
-        N)``), in ``workers`` processes; returns how many were computed."""
+        N)``), in ``workers`` processes; returns how many were computed. ``into_dataset``:
+        into the dataset file's own ``prior`` table (a QH9-schema file labelled with this
+        recipe; ``deqh data prior``), each molecule committed on its own, so a killed fill
+        resumes where it stopped."""
 
         i, n = shard
+        structures = list(structures)
+        if into_dataset:  # what the file lacks; what the cache already has is copied over
+            known = {k: (z, p) for k, z, p in structures if k not in self.stored}
+            missing = self.missing(structures)
+            with HamiltonianDB(self.dataset, "a") as target:
+                for k in set(known) - set(missing):
+                    target.write_prior(k, self.kind, self.get(k, *known[k]))
+                    self.stored.add(k)
         todo = {k: v for k, v in self.missing(structures).items() if k % n == i}
         if not todo:
             return 0
+        target = HamiltonianDB(self.dataset, "a") if into_dataset else None
         jobs = ((self.recipe, self.kind, k, z, pos) for k, (z, pos) in todo.items())
-        with tracked(f"prior {self.kind} H0", len(todo), progress) as advance:
-            for mol_id, h0, seconds in map_unordered(_timed, jobs, workers):
-                self.put(mol_id, *todo[mol_id], h0, seconds)
-                advance()
+        try:
+            with tracked(f"prior {self.kind} H0", len(todo), progress) as advance:
+                for mol_id, h0, seconds in map_unordered(_timed, jobs, workers):
+                    if target is None:
+                        self.put(mol_id, *todo[mol_id], h0, seconds)
+                    else:
+                        target.write_prior(mol_id, self.kind, h0)
+                        self.stored.add(mol_id)
+                    advance()
+        finally:
+            if target is not None:
+                target.close()
         return len(todo)
 
     def wait(self, structures: list, poll_s: float = 10.0) -> None:
@@ -187,10 +212,8 @@ def _stored_ids(dataset: Path, recipe: Recipe, kind: str) -> set[int]:
     file is deqh's SQLite schema and its recipe builds the same ``H0`` as ``recipe``."""
     try:
         with HamiltonianDB(dataset) as db:
-            meta = db.recipe
-            if meta is None:
-                return set()
-            made = Recipe.from_meta({"basis": recipe.basis, **meta})
+            # a file without a recipe holds QH9's labels (deqh_core.data.recipe.labels_recipe)
+            made = Recipe.from_meta({"basis": recipe.basis, **(db.recipe or {})})
             if any(getattr(made, f) != getattr(recipe, f) for f in (*H0_FIELDS, "charge", "spin")):
                 return set()
             return db.prior_ids(kind)
