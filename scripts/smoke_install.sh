@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install deqh as users do, not in editable mode: a built wheel and `pip install .`, each into a
 # throwaway folder, then run deqh from outside the checkout and check that what runs is the
-# installed copy and that it carries the bundled data. The build must print no warnings.
+# installed copy and that it carries the bundled data and the shipped models. The build must print no warnings.
 # Dependencies come from .venv (--no-deps, and the folder goes first on PYTHONPATH), so nothing
 # is downloaded; run scripts/setup.sh first.
 set -euo pipefail
@@ -41,6 +41,16 @@ site = Path(sys.argv[1]).resolve()
 for module in (deqh_core, deqh_backbones, deqh_plugins):
     assert site in Path(module.__file__).resolve().parents, (module.__file__, site)
 assert BUNDLED.is_file() and site in BUNDLED.resolve().parents, BUNDLED
+from deqh_core.inference.pretrained import SHIPPED
+
+for model in SHIPPED.values():  # the shipped models travel in the package
+    assert model.path.is_file() and site in model.path.resolve().parents, model.path
+from pyscf import gto
+
+from deqh_core.pyscf import init_guess
+
+water = gto.M(atom="O 0 0 0.117; H 0 0.757 -0.469; H 0 -0.757 -0.469", basis="def2-svp")
+assert init_guess(water).shape == (water.nao, water.nao)  # the shipped model, installed
 # every module of the source tree is installed (a subpackage missing from pyproject's list is not)
 source = Path(sys.argv[2])
 for folder, package in (("deqh_core", "deqh_core"), ("backbones", "deqh_backbones")):
@@ -50,5 +60,6 @@ for folder, package in (("deqh_core", "deqh_core"), ("backbones", "deqh_backbone
 PYTHON
     PYTHONPATH="$TMP/$site" "$TMP/$site/bin/deqh" backbones | grep -q qhnet
     PYTHONPATH="$TMP/$site" "$TMP/$site/bin/deqh" data check --scf-sample 0 | grep -q "exact"
+    PYTHONPATH="$TMP/$site" "$TMP/$site/bin/deqh" models | grep -q qh9-small
 done
 echo "smoke_install: wheel and pip install . both run from outside the checkout"

@@ -222,3 +222,32 @@ def test_resume_refuses_changes_that_make_another_run(run, tmp_path, monkeypatch
     result = _train("--resume", "--out", str(tmp_path / "nothing"))
     assert result.exit_code == 1 and "no such checkpoint" in result.output
     assert not (tmp_path / "nothing").exists()
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_release_keeps_what_validation_used_and_drops_the_rest(run, tmp_path, ema):
+    from deqh_core.inference.loaded import load_model
+    from deqh_core.training.checkpoint import release_checkpoint
+
+    source = run / "runs/a/last.pt"
+    if ema:  # the same run as if it had averaged: EMA weights that differ from the model's
+        state = load_checkpoint(source)
+        state["config"]["optim"]["ema"] = True
+        state["ema"] = {f"module.{k}": v + 0.01 for k, v in state["model"].items()}
+        state["ema"]["n_averaged"] = torch.tensor(2)
+        source = tmp_path / "ema.pt"
+        torch.save(state, source)
+    card = {"name": "tiny", "training_data": "bundled water/ethanol", "license": "MIT"}
+    released = release_checkpoint(source, tmp_path / "tiny.pt", card)
+    assert {"optimizer", "scheduler", "rng"}.isdisjoint(released) and released["ema"] is None
+    which = "ema" if ema else "model"
+    assert released["card"] == {**card, "weights": which, "released_from_step": 2}
+    assert released["data"]["path"] == "we.db" and released["config"]["run"]["out"] == "a"
+    original, shipped = load_model(source), load_model(tmp_path / "tiny.pt")
+    assert original.weights == which and shipped.weights == "model"
+    for name, value in original.model.state_dict().items():
+        torch.testing.assert_close(shipped.model.state_dict()[name], value, rtol=0, atol=0)
+    with pytest.raises(CheckpointError, match="exists"):
+        release_checkpoint(source, tmp_path / "tiny.pt", card)
+    result = CliRunner().invoke(app, ["checkpoint", "info", str(tmp_path / "tiny.pt")])
+    assert result.exit_code == 0 and '"training_data": "bundled water/ethanol"' in result.output

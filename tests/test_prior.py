@@ -269,7 +269,7 @@ def test_a_prior_checkpoint_refuses_data_and_overrides_of_another_recipe(example
         app,
         ["scf", checkpoint, str(xyz), "--guess", "minao", "--out", str(tmp_path / "scf")],
     )
-    assert result.exit_code == 0 and "prior H0 (PySCF), s" in result.output, result.output
+    assert result.exit_code == 0 and "of which prior H0, s" in result.output, result.output
 
 
 def test_labelling_stores_h0_that_training_reads_without_computing(tmp_path, monkeypatch):
@@ -303,3 +303,32 @@ def test_labelling_stores_h0_that_training_reads_without_computing(tmp_path, mon
     assert stored.shape[0] == int(dataset[1].n_ao)
     # another grid builds another H0: the stored one is not served for it
     assert PriorCache(out, recipe.model_copy(update={"grid_level": 5}), "minao").stored == set()
+
+
+def test_data_prior_adds_h0_to_a_qh9_file_resumably(tmp_path):
+    """QH9's own file (no recipe: QH9's) gets H0 in a table QH9's readers ignore."""
+    from typer.testing import CliRunner
+
+    from deqh_core.cli import app
+    from deqh_core.data.store import HamiltonianDB
+    from tests.qh9_files import Label, write_qh9_stable
+
+    recipe = Recipe()  # QH9's: what a file without a recipe holds
+    molecules = []
+    for i, (z, pos) in enumerate((WATER, METHANOL)):
+        n = recipe.mole(z, pos).nao
+        zero = np.zeros((n, n))
+        molecules.append((i, Label(z, pos, zero, np.eye(n), np.zeros(n), 0.0, True)))
+    path = tmp_path / "QH9Stable.db"
+    write_qh9_stable(path, molecules)
+    args = ["data", "prior", str(path), "--no-progress"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0 and "computed 2, 0 were already" in first.output, first.output
+    with HamiltonianDB(path) as db:
+        assert len(db) == 2 and db.prior_ids("minao") == {0, 1}
+        for record in db:
+            expected = prior_matrix(recipe, "minao", record.atomic_numbers, record.positions)
+            np.testing.assert_allclose(db.prior(record.id, "minao"), expected, rtol=0, atol=1e-10)
+    again = CliRunner().invoke(app, args)  # resumes: nothing left to compute
+    assert again.exit_code == 0 and "computed 0, 2 were already" in again.output
+    assert PriorCache(path, recipe, "minao").stored == {0, 1}

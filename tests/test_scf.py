@@ -14,6 +14,7 @@ from deqh_core.data.dataset import HamiltonianDataset
 from deqh_core.data.recipe import Recipe
 from deqh_core.inference.analyze import hermitian_noise, noise_orbital_errors, training_nfe
 from deqh_core.inference.scf import (
+    GUESSES,
     SCFTask,
     accelerate,
     commutator_error,
@@ -57,7 +58,8 @@ def test_true_hamiltonian_achieves_the_optimal_ratio(waters):
     result = accelerate(task, CHEAP)
     assert result.prediction.converged and result.prediction.cycles == 1
     assert result.guesses["minao"].cycles == minao_cycles  # deterministic cycle count
-    for g in ("minao", "1e"):
+    assert tuple(result.guesses) == GUESSES
+    for g in GUESSES:
         assert result.guesses[g].converged
         assert result.achieved_ratio(g) == result.optimal_ratio(g) == 1 / result.guesses[g].cycles
         assert result.energy_difference(g) < 1e-8
@@ -117,9 +119,9 @@ def test_guess_runs_against_a_label_are_computed_once(waters, monkeypatch, tmp_p
 
     monkeypatch.setattr(scf, "run_scf", counting)
     first, second = (accelerate(t, CHEAP, commutator=False) for t in tasks)
-    assert calls == ["prediction", "minao", "1e", "prediction"]  # the second reused the guesses
+    assert calls == ["prediction", *GUESSES, "prediction"]  # the second reused the guesses
     fresh = accelerate(tasks[1], CHEAP, commutator=False, guess_cache=False)
-    for g in ("minao", "1e"):
+    for g in GUESSES:
         assert second.guesses[g].cycles == fresh.guesses[g].cycles
         assert second.guesses[g].mae_trace == pytest.approx(fresh.guesses[g].mae_trace)
         assert second.guesses[g].error_cycle == fresh.guesses[g].error_cycle
@@ -194,7 +196,8 @@ def test_scf_command_writes_csv_json_and_markdown(run_dir, tmp_path):
     assert len(lines) == 3 and "minao_achieved_ratio" in lines[0]
     summary = json.loads((out / "scf_summary.json").read_text())["summary"]
     assert summary["molecules"] == 2 and summary["reference"] == ["scf"]  # recipe overridden
-    for g in ("minao", "1e"):
+    assert tuple(summary["guesses"]) == GUESSES
+    for g in GUESSES:
         assert summary["guesses"][g]["converged"] == 2
         assert summary["guesses"][g]["optimal_ratio"]["n"] == 2
     assert summary["energy_diff_max"] < 1e-8

@@ -25,6 +25,7 @@ from deqh_core.cli import (
     checkpoint,
     data,
     evaluate,
+    models,
     predict,
     scf,
     train,
@@ -34,7 +35,7 @@ from deqh_core.util.errors import DeqhError
 
 __all__ = ["app", "plugin_commands"]
 
-BUILTIN = (data, backbones, checkpoint, train, evaluate, predict, scf, analyze, ablate)
+BUILTIN = (data, backbones, checkpoint, models, train, evaluate, predict, scf, analyze, ablate)
 
 
 class _Group(TyperGroup):

@@ -9,6 +9,8 @@ from typing import Annotated
 import numpy as np
 import typer
 
+from deqh_core.cli.options import ModelArgument
+from deqh_core.inference.pretrained import run_folder
 from deqh_core.util.errors import DataError, DeqhError
 from deqh_core.util.files import check_output_dir
 
@@ -36,9 +38,7 @@ def _levels(text: str) -> list[float]:
 
 @analyze_app.command("convergence")
 def convergence_command(
-    checkpoint: Annotated[
-        Path, typer.Argument(metavar="CHECKPOINT", help="Checkpoint of a run.", dir_okay=False)
-    ],
+    checkpoint: ModelArgument,
     data: Annotated[
         Path | None,
         typer.Option(help="Dataset file (default: the run's own).", exists=True, dir_okay=False),
@@ -93,7 +93,7 @@ def convergence_command(
     noise_levels = _levels(levels)
     loaded = load_model(checkpoint)
     loaded.report_deq_failures()
-    run_dir = checkpoint.parent
+    run_dir = loaded.path.parent
     fig_4a = loaded.config.model.deq and (run_dir / "metrics.csv").is_file()
     along = [load_model(path) for path in nfe_checkpoint or []]  # all refused before any work
     for path, model in zip(nfe_checkpoint or [], along):
@@ -104,7 +104,7 @@ def convergence_command(
             f"--nfe-checkpoint: {run_dir} holds no metrics.csv of a DEQ run, so there is no "
             "Fig. 4a to add them to"
         )
-    out = out or checkpoint.parent / "analysis"
+    out = out or run_folder(checkpoint) / "analysis"
     check_output_dir(out)
     recipe = loaded.dataset_recipe(data)
     _, records, note = select_records(loaded, data, split, None)

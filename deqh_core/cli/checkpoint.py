@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from deqh_core.cli.options import ModelArgument
+
 checkpoint_app = typer.Typer(help="Inspect and convert checkpoints.", no_args_is_help=True)
 
 
@@ -17,16 +19,19 @@ def register(app: typer.Typer) -> None:
 
 @checkpoint_app.command("info")
 def checkpoint_info(
-    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (best.pt / last.pt).")],
+    checkpoint: ModelArgument,
 ) -> None:
-    """Show what a checkpoint records: model, step, dataset, labels' recipe, training domain."""
+    """Show what a checkpoint records: model, step, dataset, labels' recipe, training domain
+    (and, for a released or shipped model, its card: name, training data, license)."""
     # imported when the command runs, so that `deqh --help` stays fast
     import json
 
+    from deqh_core.inference.pretrained import resolve_checkpoint
     from deqh_core.training.checkpoint import load_checkpoint
 
-    state = load_checkpoint(checkpoint)
+    state = load_checkpoint(resolve_checkpoint(checkpoint))
     info = {
+        **({"card": state["card"]} if state.get("card") else {}),
         "step": state.get("step"),
         "format": state.get("format", 1),
         "model": state["describe"],
@@ -53,3 +58,34 @@ def checkpoint_upgrade(
     Console(highlight=False).print(
         f"{target}: step {state.get('step')}, loads with weights_only=True", markup=False
     )
+
+
+@checkpoint_app.command("release")
+def checkpoint_release(
+    source: Annotated[Path, typer.Argument(help="Checkpoint of deqh train (best.pt).")],
+    target: Annotated[Path, typer.Argument(help="New file to write.")],
+    name: Annotated[str, typer.Option(help="The model's name.")],
+    training_data: Annotated[
+        str, typer.Option(help="What it was trained on (dataset, molecules, recipe).")
+    ],
+    license: Annotated[str, typer.Option(help="License of the weights.")] = "MIT",
+    note: Annotated[
+        list[str] | None, typer.Option(help="KEY=VALUE facts for its card (repeatable).")
+    ] = None,
+) -> None:
+    """Write a checkpoint for use, not for resuming: the weights its validation used, the
+    config and training domain, and a card (name, training data, license); no optimiser, EMA
+    or random state. This is how the shipped models are made (docs/pretrained.md)."""
+    # imported when the command runs, so that `deqh --help` stays fast
+    from deqh_core.training.checkpoint import release_checkpoint
+    from deqh_core.util.errors import ConfigError
+
+    card = {"name": name, "training_data": training_data, "license": license}
+    for item in note or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--note {item!r} is not of the form KEY=VALUE")
+        card[key.strip()] = value.strip()
+    release_checkpoint(source, target, card)
+    size = target.stat().st_size / 1e6
+    Console(highlight=False).print(f"{target}: {size:.2f} MB, card {card}", markup=False)

@@ -9,7 +9,8 @@ from typing import Annotated
 
 import typer
 
-from deqh_core.cli.options import DeviceOption, EmaOption, ProgressOption, SplitName
+from deqh_core.cli.options import DeviceOption, EmaOption, ModelArgument, ProgressOption, SplitName
+from deqh_core.inference.pretrained import run_folder
 from deqh_core.util.files import check_outputs
 
 
@@ -54,13 +55,11 @@ def default_json_path(checkpoint: Path, data: Path | None, split: str | None) ->
     tag = split or ("all" if data else "test")
     if data is not None:
         tag = f"{Path(data).stem}-{tag}"
-    return checkpoint.parent / f"eval-{checkpoint.stem}-{tag}.json"
+    return run_folder(checkpoint) / f"eval-{checkpoint.stem}-{tag}.json"
 
 
 def evaluate_command(
-    checkpoint: Annotated[
-        Path, typer.Argument(help="Checkpoint of deqh train (best.pt or last.pt).", dir_okay=False)
-    ],
+    checkpoint: ModelArgument,
     data: Annotated[
         Path | None,
         typer.Option(

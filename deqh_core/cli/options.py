@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -19,6 +20,15 @@ class SplitName(StrEnum):
     all = "all"
 
 
+ModelArgument = Annotated[
+    Path,
+    typer.Argument(
+        metavar="MODEL",
+        help="Checkpoint of deqh train (best.pt / last.pt), or a shipped model's name (deqh "
+        "models lists them, e.g. qh9-small).",
+        dir_okay=False,
+    ),
+]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")]
 EmaOption = Annotated[
     bool | None,

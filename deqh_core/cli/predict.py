@@ -13,6 +13,7 @@ from deqh_core.cli.options import (
     DeviceOption,
     EmaOption,
     KeepGoingOption,
+    ModelArgument,
     ProgressOption,
     RecipeOption,
 )
@@ -83,9 +84,7 @@ def report_flags(predictions: list[Prediction], console) -> tuple[int, int]:
 
 
 def predict_command(
-    checkpoint: Annotated[
-        Path, typer.Argument(help="Checkpoint of deqh train (best.pt or last.pt).", dir_okay=False)
-    ],
+    checkpoint: ModelArgument,
     xyz: Annotated[
         list[Path],
         typer.Argument(help="xyz files; every frame is a molecule (Å).", dir_okay=False),

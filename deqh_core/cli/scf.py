@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 import typer
 
-from deqh_core.cli.options import KeepGoingOption, ProgressOption, RecipeOption
+from deqh_core.cli.options import KeepGoingOption, ModelArgument, ProgressOption, RecipeOption
+from deqh_core.inference.pretrained import run_folder
 from deqh_core.util.errors import DataError, DeqhError
 
 
@@ -18,12 +20,7 @@ def register(app: typer.Typer) -> None:
 
 
 def scf_command(
-    checkpoint: Annotated[
-        Path,
-        typer.Argument(
-            metavar="CHECKPOINT", help="Checkpoint of a run (best.pt / last.pt).", dir_okay=False
-        ),
-    ],
+    checkpoint: ModelArgument,
     xyz: Annotated[
         list[Path] | None,
         typer.Argument(
@@ -48,7 +45,7 @@ def scf_command(
     ] = None,
     guess: Annotated[
         list[str] | None,
-        typer.Option(help="PySCF guess to compare with (repeatable; default minao and 1e)."),
+        typer.Option(help="PySCF guess to compare with (repeatable; default minao, sap, huckel)."),
     ] = None,
     recipe_items: RecipeOption = None,
     xc: Annotated[str | None, typer.Option(help="Override the recipe's functional.")] = None,
@@ -70,14 +67,23 @@ def scf_command(
             "depend on the model; kept in the cache folder when the labels are the reference).",
         ),
     ] = False,
+    h0: Annotated[
+        str,
+        typer.Option(
+            help="How a prior model's H0 is built: fast (density-fitted J/K, coarse grid) or "
+            "exact (as in training, with the SCF's own grid and integrals)."
+        ),
+    ] = "fast",
     device: Annotated[str, typer.Option(help="Device of the model.")] = "cpu",
     progress: ProgressOption = True,
 ) -> None:
     """Start PySCF's SCF from predicted Hamiltonians and report the cycles saved (Table 3).
 
-    For each molecule: SCF from the prediction's density, from PySCF's minao and 1e guesses;
-    optimal / achieved / error-level ratios, wall time saved, energy agreement and the
-    prediction's commutator error. Writes scf.csv, scf_summary.json and scf_table.md.
+    For each molecule, on one thread: SCF from the model (H0, model and SCF timed together;
+    --h0 says how H0 is built), from PySCF's minao, sap and huckel
+    guesses (--guess); optimal / achieved / error-level ratios, total wall time and time
+    saved, energy agreement and the prediction's commutator error. Writes scf.csv,
+    scf_summary.json and scf_table.md.
     The recipe is the labels' recipe recorded in the checkpoint (printed; --recipe, --xc, ...
     override it). A DEQ model's unconverged molecules make the command exit 1 after writing
     everything, unless --keep-going.
@@ -86,10 +92,13 @@ def scf_command(
     from rich.console import Console
 
     from deqh_core.data.recipe import describe_recipe, labels_recipe
+    from deqh_core.inference.guess import H0_MODES, GuessInfo, ModelGuess
     from deqh_core.inference.loaded import load_model, select_records
     from deqh_core.inference.predict import occupied_counts, read_inputs
     from deqh_core.inference.scf import GUESSES, SCFTask, run_acceleration, write_report
 
+    if h0 not in H0_MODES:
+        raise DataError(f"--h0 {h0!r}: use {' or '.join(H0_MODES)}")
     guesses = tuple(guess or GUESSES)
     for g in guesses:
         if g not in ("minao", "1e", "atom", "huckel", "sap", "vsap"):
@@ -107,8 +116,10 @@ def scf_command(
     )
     console = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
     console.print(f"recipe: {describe_recipe(recipe)} (from {source})")
+    if loaded.h0_kind is not None:
+        console.print(f"model start: the {loaded.h0_kind} prior's H0 built {h0} (--h0)")
     molecules: list[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]] = []
-    warnings: dict[str, list[str]] = {}
+    outside: dict[str, list[str]] = {}
     if xyz:
         domain = loaded.domain
         elements = domain.elements if domain else None
@@ -118,7 +129,7 @@ def scf_command(
             name = f"{path.name}#{k}"
             molecules.append((name, fr.atomic_numbers, fr.positions, None))
             if domain is not None:
-                warnings[name] = domain.check(fr.atomic_numbers, fr.positions, recipe.charge)
+                outside[name] = domain.check(fr.atomic_numbers, fr.positions, recipe.charge)
         console.print(f"{len(molecules)} molecule(s) from xyz; reference: SCF from the prediction")
     else:
         dataset, records, note = select_records(loaded, data, split, limit)
@@ -138,29 +149,32 @@ def scf_command(
             )
     if molecules:  # a warm-up pass, so that the first molecule's time is not the model's setup
         loaded.predict(_item(loaded, recipe, molecules[0]))
-    tasks, unconverged = [], []
-    for molecule in molecules:
-        name, z, pos, label = molecule
-        item = _item(loaded, recipe, molecule)
-        h, seconds, diagnostics = loaded.predict(item)
-        if diagnostics is not None and not bool(diagnostics.converged.all()):
-            unconverged.append((name, float(diagnostics.abs_residual.max())))
-        tasks.append(SCFTask(name, z, pos, h, label, seconds, loaded.prior_seconds))
+    # the model predicts inside each timed prediction-started run, given that run's own
+    # mean-field object, as deqh_core.pyscf.init_guess does: H0, model and SCF on one clock
+    model_guess = ModelGuess(loaded, recipe, h0=h0)
+    made: dict[str, GuessInfo] = {}
+    tasks = [
+        SCFTask(name, z, pos, label=label, start=_start(model_guess, name, made))
+        for name, z, pos, label in molecules
+    ]
     if not tasks:
         raise DataError("no molecules to run")
     console.print(f"guesses: {', '.join(guesses)}; {workers} worker(s)")
     results = run_acceleration(
         tasks, recipe, guesses, workers=workers, progress=progress, guess_cache=not fresh_guesses
     )
-    out = out or checkpoint.parent / "scf"
+    out = out or run_folder(checkpoint) / "scf"
     paths = write_report(results, out, loaded.name)
     Console(highlight=False, markup=False).print(paths["md"].read_text())
     Console(highlight=False, markup=False).print(
         f"wrote {paths['csv']}, {paths['json']}, {paths['md']}"
     )
-    for name, found in warnings.items():
+    for name, found in outside.items():
         for warning in found:
             console.print(f"warning: {name}: {warning}", style="yellow")
+    unconverged = [
+        (name, info.deq_residual) for name, info in made.items() if info.deq_converged is False
+    ]
     for name, residual in unconverged:
         console.print(
             f"UNCONVERGED: {name}: DEQ residual {residual:.2e} Ha above the tolerance", style="red"
@@ -178,3 +192,20 @@ def _item(loaded, recipe, molecule: tuple) -> Any:
         return loaded.item(z, pos, recipe)
     except DeqhError as err:
         raise type(err)(f"{name}: {err}") from None
+
+
+def _start(model_guess, name: str, made: dict):
+    """The task's ``start``: the model's H with the run's ``mf``; keeps its GuessInfo in
+    ``made`` (domain warnings are reported once, by the command)."""
+
+    def start(mf):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                h, info = model_guess.hamiltonian(mf)
+            except DeqhError as err:
+                raise type(err)(f"{name}: {err}") from None
+        made[name] = info
+        return h, info.model_seconds, info.prior_seconds
+
+    return start

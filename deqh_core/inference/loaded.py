@@ -43,11 +43,13 @@ from deqh_core.data.domain import (
 from deqh_core.data.md17 import open_source
 from deqh_core.data.recipe import Recipe, labels_recipe, override_recipe
 from deqh_core.data.store import MoleculeRecord
+from deqh_core.inference.pretrained import resolve_checkpoint
 from deqh_core.plugins.manager import get_backbone
 from deqh_core.solvers.deq import DEQDiagnostics, DEQHamiltonianSolver
 from deqh_core.solvers.prior import InitialGuess, PriorCache, check_prior_recipe, start_kind
 from deqh_core.solvers.protocol import Blocks
 from deqh_core.training.checkpoint import (
+    evaluation_weights,
     load_checkpoint,
     model_difference,
     recorded_model,
@@ -172,11 +174,13 @@ class LoadedModel:
         positions: np.ndarray,
         recipe: Recipe | None = None,
         label: np.ndarray | None = None,
+        h0: np.ndarray | None = None,
     ) -> Data:
         """The PyG item of one molecule (positions ``[n_atoms, 3]`` in Å; ``label``: its H,
         ``[n_ao, n_ao]`` PySCF order, or None), with ``H0`` when the model starts from one,
         built with ``recipe`` (default: the labels' recipe, :meth:`recipe`); the time that
-        took is :attr:`prior_seconds`.
+        took is :attr:`prior_seconds`. ``h0``: that ``H0`` (``[n_ao, n_ao]``, PySCF order,
+        Hartree), already computed by the caller (e.g. with the SCF's own mean-field object).
 
         Raises:
             SingularOverlapError: ``S`` is (nearly) singular; names the closest atoms.
@@ -192,7 +196,7 @@ class LoadedModel:
             return data
         transform = self.start(recipe or self.recipe()[0])
         t0 = time.perf_counter()
-        data = transform(data)
+        data = transform(data) if h0 is None else transform.attach(data, h0)
         self.prior_seconds = time.perf_counter() - t0
         return data
 
@@ -245,7 +249,8 @@ def load_model(
     """Rebuild the model of a ``deqh train`` checkpoint (``last.pt`` / ``best.pt``).
 
     Args:
-        checkpoint: the checkpoint file.
+        checkpoint: the checkpoint file, or a shipped model's name
+            (:mod:`deqh_core.inference.pretrained`).
         device: ``cpu``, ``cuda``, ``cuda:N`` or ``auto``.
         ema: use the EMA weights (``None``: when the run used EMA and averaging had started,
             as its validation did; ``True`` with a run without EMA is an error).
@@ -261,7 +266,7 @@ def load_model(
             (e.g. the backbone's plugin changed its hyperparameters).
         BackboneError: the checkpoint's backbone is not installed.
     """
-    path = Path(checkpoint)
+    path = resolve_checkpoint(checkpoint)
     state = load_checkpoint(path)
     try:
         config = load_config(None, None, upgrade_config(state["config"]))
@@ -289,14 +294,10 @@ def load_model(
             f"built: {model_difference(describe, model.describe())}; was the backbone's plugin "
             "changed?)"
         )
-    started = state.get("ema") is not None and state.get("step", 0) > config.optim.ema_start_step
-    if ema and state.get("ema") is None:
-        raise CheckpointError(f"{path}: the run did not use EMA (optim.ema=false)")
-    use_ema = started if ema is None else bool(ema) and state.get("ema") is not None
-    weights = state["model"]
-    if use_ema:
-        prefix = "module."
-        weights = {k[len(prefix) :]: v for k, v in state["ema"].items() if k.startswith(prefix)}
+    try:
+        weights, which = evaluation_weights(state, config.optim.ema_start_step, ema)
+    except CheckpointError as err:
+        raise CheckpointError(f"{path}: {err}") from None
     model.to(target, dtype)  # before loading: float64 weights must not pass through float32
     try:
         model.load_state_dict(weights)
@@ -308,9 +309,7 @@ def load_model(
             f"{path}: weights do not fit the model {describe['backbone']!r} ({detail})"
         ) from None
     model.eval()
-    return LoadedModel(
-        model, config, layout, state, path, "ema" if use_ema else "model", target, dtype
-    )
+    return LoadedModel(model, config, layout, state, path, which, target, dtype)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 For each molecule the predicted Fock/Kohn-Sham matrix ``H`` (``[n_ao, n_ao]``, PySCF AO order,
 Hartree) gives a closed-shell density (occupied orbitals of ``H C = S C eps``), and PySCF's SCF
 with the dataset's recipe starts from it. The same SCF is also started from PySCF's own guesses
-(``minao``, ``1e``). With ``N_g`` the cycles from guess ``g`` and ``N_p`` from the prediction, the
+(:data:`GUESSES`). With ``N_g`` the cycles from guess ``g`` and ``N_p`` from the prediction, the
 QH9 ratios are (QH9 paper; ``divelab/AIRS`` ``test_dft_acceleration.py``):
 
 * optimal ratio ``1 / N_g``: what a perfect prediction would achieve (one cycle);
@@ -32,8 +32,8 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +47,10 @@ from deqh_core.util.files import atomic_open, atomic_write
 from deqh_core.util.parallel import map_unordered
 from deqh_core.util.progress import tracked
 
-GUESSES = ("minao", "1e")
-"""PySCF initial guesses the prediction is compared with (Table 3's "DFT initialization")."""
+GUESSES = ("minao", "sap", "huckel")
+"""PySCF initial guesses the prediction is compared with by default: on QH9 molecules (B3LYP,
+def2-SVP) ``minao`` is PySCF's best start, ahead of ``sap`` and ``huckel`` (docs/pretrained.md);
+the paper's Table 3 compares with ``minao`` and ``1e`` (``--guess 1e``)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,12 +160,14 @@ class SCFRun:
 def run_scf(
     recipe: Recipe,
     mol,
-    start: str | np.ndarray,
+    start: str | np.ndarray | Callable[[Any], np.ndarray],
     reference: np.ndarray | None = None,
     error_level: float | None = None,
 ) -> tuple[SCFRun, np.ndarray | None]:
     """Run the recipe's RKS on ``mol`` from ``start``: a PySCF guess name (``"minao"``, ``"1e"``,
-    ...) or a Hamiltonian ``[n_ao, n_ao]`` (PySCF order, Hartree) whose density starts the run.
+    ...), a Hamiltonian ``[n_ao, n_ao]`` (PySCF order, Hartree) whose density starts the run,
+    or a function of the run's own mean-field object that returns such a Hamiltonian (a
+    model's guess made with the SCF's grid and integrals; its time is the run's).
 
     With a ``reference`` matrix every cycle's Fock matrix (the one PySCF rebuilds from the new
     density, before DIIS) is compared with it; ``error_level`` (Hartree) sets
@@ -177,10 +181,7 @@ def run_scf(
     def count(envs: dict[str, Any]) -> None:
         run.cycles += 1
         if reference is not None:
-            mae = float(np.abs(envs["fock"] - reference).mean())
-            run.mae_trace.append(mae)
-            if run.error_cycle is None and error_level is not None and mae <= error_level:
-                run.error_cycle = run.cycles
+            run.mae_trace.append(float(np.abs(envs["fock"] - reference).mean()))
 
     mf.callback = count
     t0 = time.perf_counter()
@@ -188,9 +189,10 @@ def run_scf(
         if isinstance(start, str):
             dm0 = mf.get_init_guess(key=start)
         else:
-            dm0 = density_from_hamiltonian(start, mf.get_ovlp(), mol.nelectron)
+            h = start(mf) if callable(start) else start
+            dm0 = density_from_hamiltonian(h, mf.get_ovlp(), mol.nelectron)
         mf.kernel(dm0=dm0)
-    except MemoryError:
+    except (MemoryError, DeqhError):  # out of memory, or a molecule the model refuses
         raise
     except Exception as err:  # a singular overlap, a NaN prediction, ...
         run.seconds = time.perf_counter() - t0
@@ -198,11 +200,25 @@ def run_scf(
         return run, None
     run.seconds = time.perf_counter() - t0
     run.converged, run.energy = bool(mf.converged), float(mf.e_tot)
+    run.error_cycle = _error_cycle(run.mae_trace, error_level)
     return run, np.asarray(mf.get_fock(), dtype=np.float64)  # no DIIS, at the final density
+
+
+def _error_cycle(trace: Sequence[float], level: float | None) -> int | None:
+    """First cycle (1-based) whose error in ``trace`` is ``<= level``; None if never."""
+    if level is None or not math.isfinite(level):
+        return None
+    return next((k + 1 for k, mae in enumerate(trace) if mae <= level), None)
 
 
 # ----------------------------------------------------------------------------------------------
 # one molecule
+
+
+Start = Callable[[Any], tuple[np.ndarray, float, float]]
+"""A model's guess made with the SCF's own mean-field object ``mf``: ``start(mf) -> (H
+[n_ao, n_ao] PySCF order Hartree, model seconds, H0 seconds)``
+(:meth:`deqh_core.inference.guess.ModelGuess.hamiltonian`)."""
 
 
 @dataclass
@@ -212,15 +228,24 @@ class SCFTask:
     ``prediction`` and ``label`` are ``[n_ao, n_ao]`` in PySCF AO order, Hartree;
     ``predict_seconds`` is the model's inference time for this molecule, ``prior_seconds`` the
     time PySCF took to build the prior ``H0`` the model read (0 without a prior).
+
+    With ``start`` instead of a ``prediction``, the prediction is made inside the timed
+    prediction-started run, with that run's mean-field object (the wall time a user of
+    :func:`deqh_core.pyscf.init_guess` sees: ``H0``, model and SCF on one clock), in the calling
+    process (:func:`predicted_run`, which fills ``prediction``, the seconds and
+    ``prediction_run``).
     """
 
     name: str
     atomic_numbers: np.ndarray  # [n_atoms]
     positions: np.ndarray  # [n_atoms, 3], Å
-    prediction: np.ndarray
+    prediction: np.ndarray | None = None
     label: np.ndarray | None = None
     predict_seconds: float = 0.0
     prior_seconds: float = 0.0
+    start: Start | None = None
+    prediction_run: SCFRun | None = None
+    prediction_fock: np.ndarray | None = None  # that run's converged Fock matrix
 
 
 @dataclass
@@ -245,6 +270,7 @@ class MoleculeSCF:
     prediction: SCFRun
     guesses: dict[str, SCFRun]
     prior_seconds: float = 0.0
+    in_run: bool = False  # H0 and the model were timed inside the prediction-started run
 
     def optimal_ratio(self, guess: str) -> float:
         return _ratio(1, self.guesses[guess])
@@ -258,10 +284,18 @@ class MoleculeSCF:
         run = self.guesses[guess]
         return math.nan if run.error_cycle is None else _ratio(run.error_cycle, run)
 
+    @property
+    def total_seconds(self) -> float:
+        """Wall time of the prediction-started SCF, model inference and the prior ``H0``
+        included (the cost to set against a guess-started run's :attr:`SCFRun.seconds`)."""
+        cost = self.prediction.seconds
+        if not self.in_run:
+            cost += self.predict_seconds + self.prior_seconds
+        return cost
+
     def time_saved(self, guess: str) -> float:
         """Seconds saved against ``guess``, model inference and the prior ``H0`` included."""
-        cost = self.prediction.seconds + self.predict_seconds + self.prior_seconds
-        return self.guesses[guess].seconds - cost
+        return self.guesses[guess].seconds - self.total_seconds
 
     def energy_difference(self, guess: str) -> float:
         """``|E(prediction) - E(guess)|``, Hartree; NaN unless both converged."""
@@ -289,6 +323,8 @@ class MoleculeSCF:
             "pred_converged": p.converged,
             "pred_energy": p.energy,
             "pred_s": p.seconds,
+            "total_s": self.total_seconds,
+            "in_run": self.in_run,
             "pred_error": p.error,
         }
         for g, run in self.guesses.items():
@@ -328,6 +364,8 @@ def accelerate(
     """
     recipe = recipe or Recipe()
     mol = _mole(recipe, task.atomic_numbers, task.positions)
+    if task.start is not None:
+        task = predicted_run(task, recipe, mol)
     pred = np.asarray(task.prediction, dtype=np.float64)
     if pred.shape != (mol.nao, mol.nao):
         raise DataError(
@@ -337,14 +375,18 @@ def accelerate(
     comm = None
     if commutator and np.isfinite(pred).all():
         comm = _commutator(pred, recipe.rks(mol))
-    if task.label is not None:
-        reference = np.asarray(task.label, dtype=np.float64)
-        level = float(np.abs(pred - reference).mean())
-        p_run, p_fock = run_scf(recipe, mol, pred, reference, level)
+    if task.prediction_run is not None:
+        p_run, p_fock = task.prediction_run, task.prediction_fock
+    elif task.label is not None:
+        p_run, p_fock = run_scf(recipe, mol, pred, task.label)
     else:
         p_run, p_fock = run_scf(recipe, mol, pred)
+    if task.label is not None:
+        reference = np.asarray(task.label, dtype=np.float64)
+    else:
         reference = p_fock if p_run.converged else None
-        level = float(np.abs(pred - reference).mean()) if reference is not None else math.nan
+    level = float(np.abs(pred - reference).mean()) if reference is not None else math.nan
+    p_run.error_cycle = _error_cycle(p_run.mae_trace, level)
     if task.label is not None and guess_cache:
         runs = {g: cached_guess_run(recipe, mol, g, reference, level) for g in guesses}
     else:
@@ -364,6 +406,37 @@ def accelerate(
         prediction=p_run,
         guesses=runs,
         prior_seconds=task.prior_seconds,
+        in_run=task.prediction_run is not None,
+    )
+
+
+def predicted_run(task: SCFTask, recipe: Recipe | None = None, mol=None) -> SCFTask:
+    """The task with its prediction-started SCF run: the prediction made by ``task.start``
+    with the run's own mean-field object, inside the timed run, in this process (a model
+    cannot go to a spawned SCF worker). Returns a copy with ``prediction``, its seconds,
+    ``prediction_run`` (whose time includes the model's and ``H0``'s) and ``prediction_fock``,
+    and no ``start``; a task without ``start`` is returned as it is."""
+    if task.start is None:
+        return task
+    recipe = recipe or Recipe()
+    mol = mol if mol is not None else _mole(recipe, task.atomic_numbers, task.positions)
+    made: dict[str, Any] = {}
+
+    def start(mf) -> np.ndarray:
+        made["h"], made["model_s"], made["prior_s"] = task.start(mf)
+        return made["h"]
+
+    run, fock = run_scf(recipe, mol, start, task.label)
+    if "h" not in made:  # the run failed before the model had predicted
+        raise DeqhError(f"{task.name}: the prediction-started SCF failed: {run.error}")
+    return replace(
+        task,
+        start=None,
+        prediction=made["h"],
+        predict_seconds=made["model_s"],
+        prior_seconds=made["prior_s"],
+        prediction_run=run,
+        prediction_fock=fock,
     )
 
 
@@ -390,9 +463,7 @@ def cached_guess_run(
             atomic_write(path, json.dumps(_jsonable(asdict(run))))
         except OSError:  # a read-only cache must not stop the test
             pass
-    run.error_cycle = next(
-        (k + 1 for k, mae in enumerate(run.mae_trace) if mae <= error_level), None
-    )
+    run.error_cycle = _error_cycle(run.mae_trace, error_level)
     return run
 
 
@@ -410,10 +481,18 @@ def run_acceleration(
     guess_cache: bool = True,
 ) -> list[MoleculeSCF]:
     """:func:`accelerate` every task, ``workers`` processes in parallel (one thread each, so
-    timings are comparable); results in task order."""
+    timings are comparable); results in task order. Tasks with a ``start`` first run their
+    prediction-started SCF here, one after another (:func:`predicted_run`)."""
     recipe = recipe or Recipe()
     if workers < 1:
         raise DeqhError(f"workers must be >= 1, got {workers}")
+    if any(t.start is not None for t in tasks):  # the model runs here, PySCF on one thread
+        made = []
+        with tracked("SCF from the model", len(tasks), progress) as advance:
+            for task in map_unordered(predicted_run, ((t, recipe) for t in tasks), 1):
+                made.append(task)  # in order: one worker runs in this process
+                advance()
+        tasks = made
     results: list[MoleculeSCF | None] = [None] * len(tasks)
     with tracked("SCF from prediction and guesses", len(tasks), progress) as advance:
         jobs = _results(tasks, recipe, tuple(guesses), workers, commutator, guess_cache)
@@ -462,6 +541,8 @@ def summarize(results: Sequence[MoleculeSCF]) -> dict[str, Any]:
             "cycles": _stats([r.prediction.cycles for r in results]),
             "converged": sum(r.prediction.converged for r in results),
             "seconds": _stats([r.prediction.seconds for r in results]),
+            "total_s": _stats([r.total_seconds for r in results]),
+            "in_run": all(r.in_run for r in results),
         },
         "guesses": {},
     }
@@ -508,6 +589,7 @@ def markdown_table(summary: dict[str, Any], model: str = "model") -> str:
             ("Achieved ratio ↓", _pm(s["achieved_ratio"])),
             ("Error-level ratio ↑", _pm(s["error_level_ratio"])),
             ("SCF cycles from guess", _pm(s["cycles"], 1)),
+            ("Wall time (guess + SCF), s", _pm(s["seconds"], 2)),
             ("Wall time saved, s", _pm(s["time_saved_s"], 2)),
         ]
         if s["error_level_ratio"]["n"] < n:
@@ -517,11 +599,11 @@ def markdown_table(summary: dict[str, Any], model: str = "model") -> str:
     p = summary["prediction"]
     lines += [
         f"| prediction | SCF cycles | {_pm(p['cycles'], 1)} |",
-        f"| | SCF wall time, s | {_pm(p['seconds'], 2)} |",
-        f"| | model inference, s | {_pm(summary['predict_s'], 3)} |",
+        f"| | Wall time (H0 + model + SCF), s | {_pm(p['total_s'], 2)} |",
+        f"| | of which model inference, s | {_pm(summary['predict_s'], 3)} |",
     ]
     if summary["prior_s"]["n"] and summary["prior_s"]["mean"] > 0:
-        lines.append(f"| | prior H0 (PySCF), s | {_pm(summary['prior_s'], 3)} |")
+        lines.append(f"| | of which prior H0, s | {_pm(summary['prior_s'], 3)} |")
     lines += [
         f"| | H MAE, 1e-6 Ha | {_scaled(summary['h_mae'], 1e6)} |",
         f"| | commutator max, Ha | {_sci(summary['commutator_max'])} |",
@@ -532,6 +614,24 @@ def markdown_table(summary: dict[str, Any], model: str = "model") -> str:
         f"{', '.join(summary['reference'])}.\n"
     )
     return "\n".join(lines) + caption
+
+
+def markdown_by_size(results: Sequence[MoleculeSCF]) -> str:
+    """Mean SCF cycles and total wall time (s) of every start, per molecule size (atoms): the
+    model's time counts ``H0`` and inference, a guess's its own setup."""
+    guesses = list(results[0].guesses) if results else []
+    starts = ["model", *guesses]
+    head = " | ".join(f"{g} cycles" for g in starts) + " | " + " | ".join(f"{g} s" for g in starts)
+    lines = [f"| atoms | molecules | {head} |", "|---" * (2 + 2 * len(starts)) + "|"]
+    for n in sorted({r.n_atoms for r in results}):
+        group = [r for r in results if r.n_atoms == n]
+        cycles = [[r.prediction.cycles for r in group]]
+        seconds = [[r.total_seconds for r in group]]
+        cycles += [[r.guesses[g].cycles for r in group] for g in guesses]
+        seconds += [[r.guesses[g].seconds for r in group] for g in guesses]
+        cells = [f"{np.mean(c):.1f}" for c in cycles] + [f"{np.mean(t):.2f}" for t in seconds]
+        lines.append(f"| {n} | {len(group)} | {' | '.join(cells)} |")
+    return "\n".join(lines) + "\n"
 
 
 def _sci(stat: dict) -> str:
@@ -563,7 +663,8 @@ def write_report(
     ]
     payload = {"model": model, "summary": summary, "molecules": molecules}
     atomic_write(paths["json"], json.dumps(_jsonable(payload), indent=1) + "\n")
-    atomic_write(paths["md"], markdown_table(summary, model))
+    by_size = "\nBy molecule size (means):\n\n" + markdown_by_size(results)
+    atomic_write(paths["md"], markdown_table(summary, model) + by_size)
     return paths | {"summary": summary}
 
 

@@ -22,7 +22,12 @@ Keys (``format`` 2):
                (:class:`deqh_core.data.domain.TrainingDomain`)
 ``rng``        torch / numpy / Python / CUDA random states, as tensors and lists
 ``format``     2 (checkpoints before it have no ``format``, ``data`` or ``domain``)
+``card``       released models only (:func:`release_checkpoint`): name, training data, license
 =============  ================================================================================
+
+A *released* checkpoint (``deqh checkpoint release``, the models shipped in the package) keeps
+only what using the model needs: the weights its validation used as ``model``, no optimiser,
+scheduler, EMA or random state, and a ``card`` saying what it is.
 
 Checkpoints written before ``format`` 2 stored numpy's random state as a pickled array;
 ``deqh checkpoint upgrade OLD NEW`` converts one, reading it with ``weights_only=True`` and an
@@ -48,8 +53,10 @@ from deqh_core.util.files import atomic_open, not_found
 __all__ = [
     "FORMAT",
     "CheckpointError",
+    "evaluation_weights",
     "load_checkpoint",
     "model_difference",
+    "release_checkpoint",
     "rng_state",
     "same_model",
     "save_checkpoint",
@@ -285,3 +292,60 @@ def upgrade_checkpoint(source: str | Path, target: str | Path) -> dict:
             f"{source}: holds objects other than tensors and plain values, so it cannot be "
             f"converted ({err})"
         ) from None
+
+
+def evaluation_weights(
+    state: dict, ema_start_step: int, ema: bool | None = None
+) -> tuple[dict, str]:
+    """The weights to use a checkpoint's model with, and which they are (``"ema"`` or
+    ``"model"``): the EMA weights when the run used EMA and had started averaging, as its
+    validation did (``ema=None``), or as ``ema`` says.
+
+    Raises:
+        CheckpointError: ``ema=True`` for a run without EMA.
+    """
+    averaged = state.get("ema")
+    if ema and averaged is None:
+        raise CheckpointError("the run did not use EMA (optim.ema=false)")
+    started = averaged is not None and state.get("step", 0) > ema_start_step
+    if not (started if ema is None else bool(ema)):
+        return state["model"], "model"
+    prefix = "module."  # torch.optim.swa_utils.AveragedModel keeps the model as .module
+    return {k[len(prefix) :]: v for k, v in averaged.items() if k.startswith(prefix)}, "ema"
+
+
+_DROPPED = ("optimizer", "scheduler", "ema", "rng", "best")
+
+
+def release_checkpoint(source: str | Path, target: str | Path, card: dict) -> dict:
+    """Write ``target``: the model of checkpoint ``source`` for use, not for resuming.
+
+    Keeps the config, model description, split, dataset identity and training domain; the
+    weights validation used become ``model`` (EMA ones when averaging had started); optimiser,
+    scheduler, EMA and random states are dropped (a third of the size or less); absolute paths
+    of the training machine (the dataset's, the run folder) are cut to their file names; ``card``
+    (plain values: name, training data, license, ...) is stored under ``card``.
+
+    Raises:
+        CheckpointError: ``source`` unreadable, or ``target`` exists.
+    """
+    source, target = Path(source), Path(target)
+    state = load_checkpoint(source)
+    if target.exists():
+        raise CheckpointError(f"{target}: exists; choose a new file (nothing was overwritten)")
+    start = int(((state.get("config") or {}).get("optim") or {}).get("ema_start_step", 0))
+    weights, which = evaluation_weights(state, start)
+    released = {k: v for k, v in state.items() if k not in _DROPPED}
+    # a released file travels: absolute paths of the training machine become file names
+    if (released.get("data") or {}).get("path"):
+        released["data"] = {**released["data"], "path": Path(released["data"]["path"]).name}
+    config = released.get("config") or {}
+    if (config.get("run") or {}).get("out"):
+        run = {**config["run"], "out": Path(config["run"]["out"]).name}
+        released["config"] = {**config, "run": run}
+    released["model"] = {k: v.detach().clone() for k, v in weights.items()}
+    released["ema"] = None
+    released["card"] = {**_plain(card), "weights": which, "released_from_step": state.get("step")}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(released, target)
+    return load_checkpoint(target)
