@@ -3,6 +3,7 @@ energy as PySCF's best start (minao) in fewer cycles, on QH9-stable-id val molec
 never saw; PySCF's own hook (get_init_guess); the SCF's grid built once; clear refusals."""
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from pyscf import dft, gto, lib
 from typer.testing import CliRunner
 
 from deqh_core.cli import app
-from deqh_core.inference.pretrained import SHIPPED, resolve_checkpoint
+from deqh_core.inference.pretrained import SHIPPED, resolve_checkpoint, run_folder
 from deqh_core.pyscf import OutOfDomainWarning, accelerate, init_guess
 from deqh_core.training.checkpoint import load_checkpoint
 from deqh_core.util.errors import CheckpointError, DataError
@@ -125,6 +126,11 @@ def test_what_the_model_cannot_do_is_refused(options, message):
         init_guess(mol)
     with pytest.raises(DataError, match=message):
         accelerate(dft.RKS(mol, xc="b3lyp5"))  # refused now, not at kernel()
+
+
+def test_outputs_of_a_shipped_model_never_go_into_the_package():
+    for given in ("qh9-small", SHIPPED["qh9-small"].path):  # by name or by its file
+        assert run_folder(given) == Path("qh9-small")
 
 
 def test_a_model_name_that_is_not_shipped_names_both():

@@ -80,4 +80,4 @@ def run_folder(model: str | Path) -> Path:
     """Where a command writes by default for ``model``: the checkpoint's folder, or for a
     shipped model the folder ``./<name>`` (never inside the installed package)."""
     path = resolve_checkpoint(model)
-    return Path(str(model)) if is_shipped(path) and not Path(model).is_file() else path.parent
+    return Path(path.stem) if is_shipped(path) else path.parent  # a shipped file's stem: its name
