@@ -29,7 +29,7 @@ from pyscf import dft, gto
 from deqh_core.ao.basis import formula, symbol
 from deqh_core.data.recipe import Recipe
 from deqh_core.inference.loaded import LoadedModel
-from deqh_core.solvers.prior import H0_FIELDS
+from deqh_core.solvers.prior import H0_FIELDS, prior_with
 from deqh_core.util.errors import DataError, DeqhError
 
 H0_MODES = ("fast", "exact")
@@ -196,20 +196,6 @@ def fast_rks(recipe: Recipe, mol):
     mf = recipe.rks(mol).density_fit()
     mf.grids.level = FAST_GRID_LEVEL
     return mf
-
-
-def prior_with(mf, kind: str) -> np.ndarray:
-    """The prior ``H0`` (``[n_ao, n_ao]``, PySCF order, Hartree, exactly symmetric) of
-    ``mf.mol`` built with ``mf`` (its grid and integrals, which it keeps for the SCF):
-    ``"minao"``: ``F[D_minao]``; ``"1e"``: the core Hamiltonian."""
-    if kind == "1e":
-        h = mf.get_hcore()
-    else:
-        # the class's own minao guess: an instance whose get_init_guess was replaced
-        # (deqh_core.pyscf.accelerate) must not call itself
-        dm = type(mf).get_init_guess(mf, mf.mol, key="minao")
-        h = mf.get_fock(dm=dm)
-    return (h + h.T) / 2
 
 
 def _basis_name(mol) -> str | None:

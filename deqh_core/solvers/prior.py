@@ -56,8 +56,19 @@ def prior_matrix(recipe: Recipe, kind: Kind, atomic_numbers, positions) -> np.nd
     """``H0 [n_ao, n_ao]`` in PySCF AO order (Hartree) for positions in Å, exactly symmetric."""
     if kind not in ("1e", "minao"):
         raise DeqhError(f"prior must be '1e' or 'minao', not {kind!r}")
-    mf = recipe.rks(recipe.mole(atomic_numbers, positions))
-    h = mf.get_hcore() if kind == "1e" else mf.get_fock(dm=mf.get_init_guess(key="minao"))
+    return prior_with(recipe.rks(recipe.mole(atomic_numbers, positions)), kind)
+
+
+def prior_with(mf, kind: Kind) -> np.ndarray:
+    """The prior ``H0`` (``[n_ao, n_ao]``, PySCF order, Hartree, exactly symmetric) of
+    ``mf.mol`` built with the mean-field object ``mf`` (its grid and integrals, which it keeps
+    for an SCF that follows): ``"minao"``: ``F[D_minao]``; ``"1e"``: the core Hamiltonian."""
+    if kind == "1e":
+        h = mf.get_hcore()
+    else:
+        # the class's own minao guess: an instance whose get_init_guess was replaced
+        # (deqh_core.pyscf.accelerate) must not call itself
+        h = mf.get_fock(dm=type(mf).get_init_guess(mf, mf.mol, key="minao"))
     return (h + h.T) / 2
 
 
