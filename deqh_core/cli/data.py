@@ -12,6 +12,7 @@ from rich.console import Console
 
 from deqh_core.cli.options import stderr
 from deqh_core.data.recipe import Recipe
+from deqh_core.util.cluster import SCHEDULER_HELP
 from deqh_core.util.errors import DataError, validation_message
 from deqh_core.util.files import check_output_dir
 
@@ -31,6 +32,7 @@ StoreOverlapOption = Annotated[
     bool, typer.Option("--store-overlap", help="Also store the overlap matrix (bigger files).")
 ]
 ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar on stderr.")]
+SchedulerOption = Annotated[str | None, typer.Option(metavar="ADDRESS", help=SCHEDULER_HELP)]
 
 
 def register(app: typer.Typer) -> None:
@@ -104,6 +106,7 @@ def data_generate(
         str | None,
         typer.Option(metavar="i/N", help="Label only the tasks with id % N == i.", callback=_shard),
     ] = None,
+    scheduler: SchedulerOption = None,
     store_overlap: StoreOverlapOption = False,
     progress: ProgressOption = True,
 ) -> None:
@@ -126,7 +129,7 @@ def data_generate(
     if not geometries:
         raise DataError("nothing to label: give at least one --xyz FILE or --molecule NAME")
     tasks = build_tasks(geometries, n_copies=copies, sigma=sigma, seed=seed)
-    _label(tasks, "tasks", out, recipe, workers, shard, progress, store_overlap)
+    _label(tasks, "tasks", out, recipe, workers, shard, progress, store_overlap, scheduler)
 
 
 class QH9Split(StrEnum):
@@ -191,6 +194,7 @@ def data_qh9(
         str | None,
         typer.Option(metavar="i/N", help="Only the ids with id % N == i.", callback=_shard),
     ] = None,
+    scheduler: SchedulerOption = None,
     store_overlap: StoreOverlapOption = False,
     progress: ProgressOption = True,
 ) -> None:
@@ -226,7 +230,8 @@ def data_qh9(
             print("\n".join(map(str, selected.tolist())))
         return
     tasks = qh9_tasks(table, selected)
-    _label(tasks, "QH9-stable molecules", out, recipe, workers, shard, progress, store_overlap)
+    what = "QH9-stable molecules"
+    _label(tasks, what, out, recipe, workers, shard, progress, store_overlap, scheduler)
 
 
 def _write_geometries(table, selected, path: Path) -> None:
@@ -244,7 +249,7 @@ def _write_geometries(table, selected, path: Path) -> None:
     stderr.print(f"{path}: {len(frames)} molecule(s)")
 
 
-def _label(tasks, what, out, recipe, workers, shard, progress, store_overlap) -> None:
+def _label(tasks, what, out, recipe, workers, shard, progress, store_overlap, scheduler) -> None:
     """Run the label generator, print its summary, and fail when nothing could be labelled."""
     # imported when the command runs, so that `deqh --help` stays fast
     from deqh_core.data.generate import generate
@@ -257,6 +262,7 @@ def _label(tasks, what, out, recipe, workers, shard, progress, store_overlap) ->
         shard=shard,
         progress=progress,
         store_overlap=store_overlap,
+        scheduler=scheduler,
     )
     Console(highlight=False).print(
         f"{out}: wrote {summary.written}, failed {summary.failed}, "
@@ -305,6 +311,7 @@ def data_prior(
         str | None, typer.Option(help="Basis of an ASE/SchNOrb file (default def2-svp).")
     ] = None,
     workers: WorkersOption = 1,
+    scheduler: SchedulerOption = None,
     progress: ProgressOption = True,
 ) -> None:
     """Add the prior H0 of every molecule to FILE, with its labels' recipe.
@@ -312,7 +319,8 @@ def data_prior(
     A QH9-schema file (QH9's own, or one of deqh's labelled before H0 was stored with the
     labels) gets it in its own prior table, which QH9's readers ignore; an ASE database
     (SchNOrb MD17) in deqh's cache. Resumable (each molecule committed on its own) and
-    parallel (--workers); training and evaluation then compute no H0.
+    parallel (--workers, or a Dask cluster: --scheduler); training and evaluation then compute
+    no H0.
     """
     # imported when the command runs, so that `deqh --help` stays fast
     from deqh_core.data.md17 import open_source
@@ -332,11 +340,13 @@ def data_prior(
     stderr.print(f"recipe: {describe_recipe(recipe)}" + (f" ({note})" if note else ""))
     cache = PriorCache(path, recipe, kind)
     before = len(structures) - len(cache.missing(structures))
-    done = cache.fill(structures, workers, progress, into_dataset=native)
+    done = cache.fill(structures, workers, progress, into_dataset=native, scheduler=scheduler)
     where = f"{path}'s prior table" if native else str(cache.path)
+    lost = len(cache.missing(structures))
     Console(highlight=False, soft_wrap=True).print(
         f"{path}: {kind} H0 of {len(structures)} molecule(s) in {where}: computed {done}, "
-        f"{before} were already stored",
+        f"{before} were already stored"
+        + (f"; {lost} lost with their Dask workers (run again to retry them)" if lost else ""),
         markup=False,
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from deqh_core.ao.basis import element_shells
 from deqh_core.data.recipe import Recipe
 from deqh_core.data.store import HamiltonianDB, MoleculeRecord
 from deqh_core.data.xyz import read_xyz
+from deqh_core.util.cluster import Lost
 from deqh_core.util.errors import DataError
 from deqh_core.util.parallel import map_unordered
 from deqh_core.util.progress import tracked
@@ -229,12 +230,15 @@ def generate(
     shard: tuple[int, int] | None = None,
     progress: bool = True,
     store_overlap: bool = False,
+    scheduler: str | None = None,
 ) -> Summary:
     """Label the tasks of ``shard`` into ``out_path``, resuming whatever is already there.
 
     Tasks already in the file (written or failed) are skipped. ``workers`` processes label
-    molecules in parallel (one thread each); this process alone writes, each molecule in its
-    own transaction as soon as it is done, so a kill loses only the molecules in flight.
+    molecules in parallel (one thread each), or the workers of a Dask cluster given as
+    ``scheduler`` (:func:`deqh_core.util.cluster.connect`; a task whose workers kept dying is
+    recorded as a failure); this process alone writes, each molecule in its own transaction as
+    soon as it is done and only once, so a kill loses only the molecules in flight.
     Refuses (``DataError``) a file labelled with another recipe or PySCF version.
     """
     recipe = recipe or Recipe()
@@ -256,7 +260,14 @@ def generate(
             failed=0,
         )
         with label_bar as advance:
-            for result in _results(todo, recipe, workers, store_overlap):
+            jobs = ((task, recipe, store_overlap) for task in todo)
+            for result in map_unordered(label, jobs, workers, scheduler):
+                if isinstance(result, Lost):
+                    task = result.task[0]
+                    result = Failure(task.id, task.source, f"lost: {result.reason}", None)
+                if result.id in done:  # a result delivered twice is committed once
+                    continue
+                done.add(result.id)
                 if isinstance(result, Failure):
                     db.record_failure(result.id, result.source, result.reason, result.n_cycles)
                     failed += 1
@@ -281,10 +292,3 @@ def _check_same_tasks(db: HamiltonianDB, done: list[Task]) -> None:
                 f"{t.source!r} there; resume with the same inputs, copies and seed, or write "
                 "to a new file"
             )
-
-
-def _results(
-    todo: Sequence[Task], recipe: Recipe, workers: int, store_overlap: bool
-) -> Iterator[MoleculeRecord | Failure]:
-    """Labels of ``todo`` in completion order."""
-    return map_unordered(label, ((task, recipe, store_overlap) for task in todo), workers)

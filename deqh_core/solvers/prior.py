@@ -41,6 +41,7 @@ from deqh_core.data.store import HamiltonianDB
 from deqh_core.solvers.deq import DEQSetupError
 from deqh_core.solvers.protocol import Blocks
 from deqh_core.util.cache import cache_dir
+from deqh_core.util.cluster import Lost
 from deqh_core.util.errors import DataError, DeqhError
 from deqh_core.util.parallel import map_unordered
 from deqh_core.util.progress import tracked
@@ -175,13 +176,16 @@ class PriorCache:
         progress: bool = True,
         shard=(0, 1),
         into_dataset: bool = False,
+        scheduler: str | None = None,
     ) -> int:
         """Compute and store ``H0`` of every molecule ``(id, atomic_numbers [n], positions
         [n, 3] Å)`` of ``structures`` not yet here (those with ``id % N == i`` for ``shard=(i,
-        N)``), in ``workers`` processes; returns how many were computed. ``into_dataset``:
-        into the dataset file's own ``prior`` table (a QH9-schema file labelled with this
-        recipe; ``deqh data prior``), each molecule committed on its own, so a killed fill
-        resumes where it stopped."""
+        N)``), in ``workers`` processes or on the Dask cluster ``scheduler``
+        (:func:`deqh_core.util.cluster.connect`); returns how many were computed (a molecule
+        Dask gave up on is left for the next fill). ``into_dataset``: into the dataset file's
+        own ``prior`` table (a QH9-schema file labelled with this recipe; ``deqh data
+        prior``), each molecule committed on its own, so a killed fill resumes where it
+        stopped."""
 
         i, n = shard
         structures = list(structures)
@@ -197,9 +201,14 @@ class PriorCache:
             return 0
         target = HamiltonianDB(self.dataset, "a") if into_dataset else None
         jobs = ((self.recipe, self.kind, k, z, pos) for k, (z, pos) in todo.items())
+        computed = 0
         try:
             with tracked(f"prior {self.kind} H0", len(todo), progress) as advance:
-                for mol_id, h0, seconds in map_unordered(_timed, jobs, workers):
+                for result in map_unordered(_timed, jobs, workers, scheduler):
+                    if isinstance(result, Lost):
+                        continue
+                    mol_id, h0, seconds = result
+                    computed += 1
                     if target is None:
                         self.put(mol_id, *todo[mol_id], h0, seconds)
                     else:
@@ -209,7 +218,7 @@ class PriorCache:
         finally:
             if target is not None:
                 target.close()
-        return len(todo)
+        return computed
 
     def wait(self, structures: list, poll_s: float = 10.0) -> None:
         """Return once every molecule of ``structures`` has its ``H0`` here (other processes,

@@ -1,4 +1,5 @@
-"""Process-parallel map for PySCF work (labels, SCF runs), one molecule per task."""
+"""Parallel map for PySCF work (labels, H0, SCF runs), one molecule per task: a local pool of
+processes, or a Dask cluster (:mod:`deqh_core.util.cluster`) when a scheduler is given."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Any
+
+from deqh_core.util.cluster import connect, dask_map
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -35,13 +38,21 @@ def _init_worker() -> None:
     lib.num_threads(1)
 
 
-def map_unordered(fn: Callable[..., Any], tasks: Iterable[tuple], workers: int) -> Iterator[Any]:
+def map_unordered(
+    fn: Callable[..., Any], tasks: Iterable[tuple], workers: int, scheduler: str | None = None
+) -> Iterator[Any]:
     """``fn(*task)`` for every task, yielded in completion order.
 
     ``workers == 1`` runs in this process (PySCF on one thread); otherwise a pool of spawned,
     single-threaded processes with at most ``2 * workers`` tasks in flight, so finished results
-    never pile up in memory.
+    never pile up in memory. With a ``scheduler`` (``--scheduler``, see
+    :func:`deqh_core.util.cluster.connect`) the tasks run on that Dask cluster instead, and a
+    task Dask gave up on yields :class:`deqh_core.util.cluster.Lost`.
     """
+    if scheduler is not None:
+        with connect(scheduler, workers) as client:
+            yield from dask_map(fn, tasks, client)
+        return
     if workers == 1:
         # PySCF only where it computes: models run without it (docs/architecture.md)
         from pyscf import lib
