@@ -216,6 +216,51 @@ def test_cache_never_writes_into_a_read_only_data_folder(tmp_path, monkeypatch):
         shared.chmod(0o755)
 
 
+def test_cache_is_keyed_by_content_not_by_path(tmp_path, monkeypatch):
+    """The same molecules opened from a moved folder, a copy or a read-only mount are served
+    from the cache; other molecules or another recipe never are."""
+    import shutil
+
+    from deqh_core.data.store import HamiltonianDB
+
+    monkeypatch.setenv("DEQH_CACHE", str(tmp_path / "user"))
+    (tmp_path / "a").mkdir()
+    shutil.copy(BUNDLED, tmp_path / "a" / "data.db")
+    structures = list(HamiltonianDataset(tmp_path / "a" / "data.db").structures())[:3]
+    cache = PriorCache(tmp_path / "a" / "data.db", Recipe(), "1e")
+    assert cache.path.parent == tmp_path / "a"
+    assert cache.fill(structures, progress=False) == 3
+
+    (tmp_path / "a").rename(tmp_path / "b")  # a moved (or renamed, or remounted) folder
+    moved = PriorCache(tmp_path / "b" / "data.db", Recipe(), "1e")
+    assert moved.path == tmp_path / "b" / cache.path.name
+    assert moved.missing(structures) == {} and moved.fill(structures, progress=False) == 0
+    assert PriorCache(tmp_path / "b" / "data.db", Recipe(grid_level=4), "1e").missing(structures)
+
+    # a read-only data folder: the cache goes to the user's cache folder and serves any copy
+    for name in ("ro", "ro2"):
+        (tmp_path / name).mkdir()
+        shutil.copy(tmp_path / "b" / "data.db", tmp_path / name / "data.db")
+        (tmp_path / name).chmod(0o555)
+    try:
+        first = PriorCache(tmp_path / "ro" / "data.db", Recipe(), "1e")
+        assert first.path.parent == tmp_path / "user" / "priors"
+        assert first.fill(structures, progress=False) == 3
+        copy = PriorCache(tmp_path / "ro2" / "data.db", Recipe(), "1e")
+        assert copy.path == first.path and copy.fill(structures, progress=False) == 0
+    finally:
+        for name in ("ro", "ro2"):
+            (tmp_path / name).chmod(0o755)
+
+    # other molecules under the same name: another cache
+    (tmp_path / "c").mkdir()
+    with HamiltonianDB(tmp_path / "b" / "data.db") as source:
+        with HamiltonianDB(tmp_path / "c" / "data.db", "a") as subset:
+            subset.write(source.get(structures[0][0]))
+    other = PriorCache(tmp_path / "c" / "data.db", Recipe(), "1e")
+    assert other.path.name != cache.path.name
+
+
 def test_a_prior_checkpoint_refuses_data_and_overrides_of_another_recipe(example_plugin, tmp_path):
     """The model learned corrections to H0 of its labels' recipe: evaluating it on labels of
     another functional, or predicting with another functional, would change its input."""

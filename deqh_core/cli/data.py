@@ -323,6 +323,7 @@ def data_prior(
     no H0.
     """
     # imported when the command runs, so that `deqh --help` stays fast
+    from deqh_core.data.domain import geometry_checksum
     from deqh_core.data.md17 import open_source
     from deqh_core.data.recipe import describe_recipe, labels_recipe
     from deqh_core.data.store import HamiltonianDB
@@ -338,7 +339,7 @@ def data_prior(
     finally:
         reader.close()
     stderr.print(f"recipe: {describe_recipe(recipe)}" + (f" ({note})" if note else ""))
-    cache = PriorCache(path, recipe, kind)
+    cache = PriorCache(path, recipe, kind, geometry_checksum(structures))
     before = len(structures) - len(cache.missing(structures))
     done = cache.fill(structures, workers, progress, into_dataset=native, scheduler=scheduler)
     where = f"{path}'s prior table" if native else str(cache.path)

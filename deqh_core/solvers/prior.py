@@ -36,6 +36,8 @@ import numpy as np
 import torch
 
 from deqh_core.ao.blocks import assemble, from_square, split, to_square
+from deqh_core.data.domain import geometry_checksum
+from deqh_core.data.md17 import open_source
 from deqh_core.data.recipe import Recipe
 from deqh_core.data.store import HamiltonianDB
 from deqh_core.solvers.deq import DEQSetupError
@@ -50,7 +52,7 @@ PRIORS = ("none", "1e", "minao")
 # what H0 depends on: a model with a prior learned corrections to H0 built with these
 H0_FIELDS = ("xc", "basis", "grid_level")
 Kind = Literal["1e", "minao"]
-_FORMAT = 1  # bump when what a cache row holds changes
+_FORMAT = 2  # bump when what a cache row holds or its key means changes
 
 
 def prior_matrix(recipe: Recipe, kind: Kind, atomic_numbers, positions) -> np.ndarray:
@@ -82,26 +84,36 @@ def _timed(recipe: Recipe, kind: Kind, mol_id: int, z, pos) -> tuple[int, np.nda
 class PriorCache:
     """On-disk ``H0`` of a dataset's molecules for one recipe and prior kind.
 
-    The file lies next to the dataset when that folder is writable (and is not inside an
-    installed package), else in :func:`deqh_core.util.cache.cache_dir`; its name holds the dataset's
-    name, the prior and a hash of the recipe and of the dataset's absolute path, so another
-    recipe never reads it. Each row keeps the atomic numbers and positions it was computed for,
-    and a lookup with another geometry is a miss: a dataset rewritten under the same name cannot
-    serve a stale ``H0``. Writes are one transaction per molecule (a killed fill keeps what it did);
-    reading works from any number of processes (DataLoader workers).
+    The cache file is keyed by content, not by where the dataset lies: its name holds the prior
+    and a hash of the recipe and of the dataset's molecules (ids, atomic numbers, positions:
+    :func:`deqh_core.data.domain.geometry_checksum`), so another recipe or other molecules never
+    read it, while the same molecules opened by another path (a moved or renamed folder, a copy,
+    a container mount) are served. It is looked for next to the dataset, then in
+    :func:`deqh_core.util.cache.cache_dir`; a new one goes next to the dataset when that folder is
+    writable (and is not inside an installed package; a shared folder serves every machine and
+    rank), else into the cache folder. Each row also keeps the atomic numbers and positions it
+    was computed for, and a lookup with another geometry is a miss. Writes are one transaction
+    per molecule (a killed fill keeps what it did); reading works from any number of processes
+    (DataLoader workers).
     """
 
-    def __init__(self, dataset: str | Path, recipe: Recipe, kind: Kind):
+    def __init__(
+        self, dataset: str | Path, recipe: Recipe, kind: Kind, geometry: str | None = None
+    ):
+        """``geometry``: the dataset's geometry checksum when the caller has it (a checkpoint's
+        ``identity``), else read from the file."""
         if kind not in ("1e", "minao"):
             raise DeqhError(f"prior must be '1e' or 'minao', not {kind!r}")
         self.dataset, self.recipe, self.kind = Path(dataset).resolve(), recipe, kind
-        key = json.dumps([_FORMAT, kind, recipe.model_dump(), str(self.dataset)], sort_keys=True)
-        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        name = f"{self.dataset.name}.{kind}-{digest}.h0.db"
-        folder = self.dataset.parent
-        if not _writable(folder) or _inside_package(folder):
-            folder = cache_dir() / "priors"
-        self.path = folder / name
+        geometry = geometry or _geometry(self.dataset)
+        key = json.dumps([_FORMAT, kind, recipe.model_dump(), geometry], sort_keys=True)
+        name = f"deqh-h0-{kind}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.db"
+        beside, central = self.dataset.parent / name, cache_dir() / "priors" / name
+        writable = _writable(self.dataset.parent) and not _inside_package(self.dataset.parent)
+        self.path = next(
+            (path for path in (beside, central) if path.is_file()),
+            beside if writable else central,
+        )
         self._db: sqlite3.Connection | None = None
         self._pid = -1
         self.stored = _stored_ids(self.dataset, recipe, kind)
@@ -225,6 +237,18 @@ class PriorCache:
         e.g. the other ranks of a distributed run, fill their shares meanwhile)."""
         while self.missing(structures):
             time.sleep(poll_s)
+
+
+def _geometry(dataset: Path) -> str:
+    """:func:`geometry_checksum` of every molecule of a dataset file (none if unreadable)."""
+    try:
+        reader = open_source(dataset)
+    except DataError:  # not a dataset (yet): nothing it could serve
+        return geometry_checksum(())
+    try:
+        return geometry_checksum(reader.structures())
+    finally:
+        reader.close()
 
 
 def _stored_ids(dataset: Path, recipe: Recipe, kind: str) -> set[int]:

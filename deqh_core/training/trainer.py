@@ -188,7 +188,7 @@ class Trainer:
         # per molecule into an on-disk cache the items then read (filled by fit())
         guess = InitialGuess.for_run(config, self.layout.basis, recipe.model_dump())
         if guess is not None:
-            guess.cache = PriorCache(path, guess.recipe, guess.kind)
+            guess.cache = PriorCache(path, guess.recipe, guess.kind, self.identity["geometry"])
         self.prior = guess
         d = config.data
         sets = [
