@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # deqh on a bare NVIDIA GPU machine, in one go and under 8 minutes: the `gpu` tests, the ops
 # benchmark (QHNet and DEQHNet, every backend), 200 steps of DEQHNet training per backend
-# (the loss must fall) and a torch.compile attempt; everything in one log. See docs/gpu.md.
+# (the loss must fall), a torch.compile attempt and, where gpu4pyscf is installed, GPU labels
+# against CPU labels; everything in one log. See docs/gpu.md.
 #
 #   prepare, here (network and PySCF, once):  bash benchmarks/prepare_gpu_check.sh
 #       -> .whl/ (wheels the GPU image lacks, for Python 3.12: pydantic, torchdeq,
@@ -128,6 +129,15 @@ phase "ops benchmark" "${DEQH_GPU_CHECK_BENCH_S:-150}" "$PY" benchmarks/bench_op
 if ((TINY)); then compile=(--tiny --backends fused); else compile=(--repeat 3); fi
 phase "torch.compile attempt" "${DEQH_GPU_CHECK_COMPILE_S:-70}" "$PY" benchmarks/bench_ops.py \
   --device "$DEVICE" --variants QHNet --systems qh9 --no-train --compile "${compile[@]}"
+
+# --- 5. GPU labels (deqh data --engine gpu4pyscf) against PySCF's CPU labels ----------------
+# only where PySCF, gpu4pyscf and qm9pack are installed: the lent GPU machines have none of
+# them, and their wheels exceed what a check carries (docs/data.md)
+if [ "$DEVICE" = cuda ] && "$PY" -c "import pyscf, gpu4pyscf, qm9pack" 2>/dev/null; then
+  phase "gpu4pyscf labels vs CPU" "${DEQH_GPU_CHECK_LABELS_S:-120}" "$PY" benchmarks/gpu_labels.py
+else
+  SUMMARY+=("gpu4pyscf labels vs CPU: SKIPPED (needs pyscf, gpu4pyscf and qm9pack installed)")
+fi
 
 echo
 echo "=== summary ($((SECONDS - START)) s in all; log $LOG) ==="

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -37,8 +38,15 @@ from deqh_core.data.recipe import Recipe
 from deqh_core.data.store import HamiltonianDB
 from deqh_core.solvers.prior import PriorCache
 
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
 
 def main() -> None:
+    if any(os.environ.get(v) != "1" for v in THREAD_VARS):
+        # one thread per worker, this process included: rerun with the variables set (they
+        # must be set before numpy and PySCF load their BLAS and OpenMP runtimes)
+        env = {**os.environ, **dict.fromkeys(THREAD_VARS, "1")}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--atoms", default="11-12", help="atom-count range a-b of the molecules")
     parser.add_argument("--molecules", type=int, default=8)

@@ -236,3 +236,27 @@ def test_cli_unknown_molecule(tmp_path):
     assert result.exit_code == 1
     assert "error: unknown ASE molecule name 'water'" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("engine", ["gpu4pyscf", "cuda"])
+def test_cli_engine_without_gpu4pyscf_is_refused_before_any_work(tmp_path, engine):
+    try:
+        import gpu4pyscf  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("gpu4pyscf is installed here (the GPU check runs it)")
+    out = tmp_path / "o.db"
+    args = ["data", "generate", str(out), "--molecule", "H2", "--engine", engine]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    expected = "gpu4pyscf-cuda12x" if engine == "gpu4pyscf" else "use one of pyscf, gpu4pyscf"
+    assert expected in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_gpu_labels_are_never_mixed_with_cpu_labels(tmp_path):
+    with HamiltonianDB(tmp_path / "o.db", "a") as db:
+        db.set_recipe(Recipe().as_meta())
+        with pytest.raises(DataError, match="differs in engine"):
+            db.set_recipe(Recipe().as_meta("gpu4pyscf"))

@@ -33,6 +33,14 @@ StoreOverlapOption = Annotated[
 ]
 ProgressOption = Annotated[bool, typer.Option(help="Show a progress bar on stderr.")]
 SchedulerOption = Annotated[str | None, typer.Option(metavar="ADDRESS", help=SCHEDULER_HELP)]
+EngineOption = Annotated[
+    str,
+    typer.Option(
+        metavar="pyscf|gpu4pyscf",
+        help="Where each SCF runs: pyscf (CPU) or gpu4pyscf (the worker's CUDA GPU; pip install "
+        "gpu4pyscf-cuda12x). Labels of the two are never mixed in one file.",
+    ),
+]
 
 
 def register(app: typer.Typer) -> None:
@@ -107,6 +115,7 @@ def data_generate(
         typer.Option(metavar="i/N", help="Label only the tasks with id % N == i.", callback=_shard),
     ] = None,
     scheduler: SchedulerOption = None,
+    engine: EngineOption = "pyscf",
     store_overlap: StoreOverlapOption = False,
     progress: ProgressOption = True,
 ) -> None:
@@ -129,7 +138,7 @@ def data_generate(
     if not geometries:
         raise DataError("nothing to label: give at least one --xyz FILE or --molecule NAME")
     tasks = build_tasks(geometries, n_copies=copies, sigma=sigma, seed=seed)
-    _label(tasks, "tasks", out, recipe, workers, shard, progress, store_overlap, scheduler)
+    _label(tasks, "tasks", out, recipe, workers, shard, progress, store_overlap, scheduler, engine)
 
 
 class QH9Split(StrEnum):
@@ -195,6 +204,7 @@ def data_qh9(
         typer.Option(metavar="i/N", help="Only the ids with id % N == i.", callback=_shard),
     ] = None,
     scheduler: SchedulerOption = None,
+    engine: EngineOption = "pyscf",
     store_overlap: StoreOverlapOption = False,
     progress: ProgressOption = True,
 ) -> None:
@@ -231,7 +241,7 @@ def data_qh9(
         return
     tasks = qh9_tasks(table, selected)
     what = "QH9-stable molecules"
-    _label(tasks, what, out, recipe, workers, shard, progress, store_overlap, scheduler)
+    _label(tasks, what, out, recipe, workers, shard, progress, store_overlap, scheduler, engine)
 
 
 def _write_geometries(table, selected, path: Path) -> None:
@@ -249,7 +259,9 @@ def _write_geometries(table, selected, path: Path) -> None:
     stderr.print(f"{path}: {len(frames)} molecule(s)")
 
 
-def _label(tasks, what, out, recipe, workers, shard, progress, store_overlap, scheduler) -> None:
+def _label(
+    tasks, what, out, recipe, workers, shard, progress, store_overlap, scheduler, engine
+) -> None:
     """Run the label generator, print its summary, and fail when nothing could be labelled."""
     # imported when the command runs, so that `deqh --help` stays fast
     from deqh_core.data.generate import generate
@@ -263,6 +275,7 @@ def _label(tasks, what, out, recipe, workers, shard, progress, store_overlap, sc
         progress=progress,
         store_overlap=store_overlap,
         scheduler=scheduler,
+        engine=engine,
     )
     Console(highlight=False).print(
         f"{out}: wrote {summary.written}, failed {summary.failed}, "
@@ -312,6 +325,7 @@ def data_prior(
     ] = None,
     workers: WorkersOption = 1,
     scheduler: SchedulerOption = None,
+    engine: EngineOption = "pyscf",
     progress: ProgressOption = True,
 ) -> None:
     """Add the prior H0 of every molecule to FILE, with its labels' recipe.
@@ -341,7 +355,9 @@ def data_prior(
     stderr.print(f"recipe: {describe_recipe(recipe)}" + (f" ({note})" if note else ""))
     cache = PriorCache(path, recipe, kind, geometry_checksum(structures))
     before = len(structures) - len(cache.missing(structures))
-    done = cache.fill(structures, workers, progress, into_dataset=native, scheduler=scheduler)
+    done = cache.fill(
+        structures, workers, progress, into_dataset=native, scheduler=scheduler, engine=engine
+    )
     where = f"{path}'s prior table" if native else str(cache.path)
     lost = len(cache.missing(structures))
     Console(highlight=False, soft_wrap=True).print(

@@ -19,7 +19,7 @@ from ase.build import molecule
 from ase.collections import g2
 
 from deqh_core.ao.basis import element_shells
-from deqh_core.data.recipe import Recipe
+from deqh_core.data.recipe import Recipe, check_engine, minao_density, to_host
 from deqh_core.data.store import HamiltonianDB, MoleculeRecord
 from deqh_core.data.xyz import read_xyz
 from deqh_core.util.cluster import Lost
@@ -154,9 +154,9 @@ def check_tasks(tasks: Sequence[Task], recipe: Recipe) -> None:
 
 
 def label(
-    task: Task, recipe: Recipe | None = None, store_overlap: bool = False
+    task: Task, recipe: Recipe | None = None, store_overlap: bool = False, engine: str = "pyscf"
 ) -> MoleculeRecord | Failure:
-    """Run the recipe's RKS on one task.
+    """Run the recipe's RKS on one task, with PySCF or, ``engine="gpu4pyscf"``, on a GPU.
 
     Returns the record with the Fock matrix at the converged density (``[n_ao, n_ao]``, PySCF AO
     order, Hartree), total energy (Hartree), cycle count and wall time (s), and, when the SCF
@@ -167,31 +167,37 @@ def label(
     recipe = recipe or Recipe()
     check_tasks([task], recipe)
     start = time.perf_counter()
-    mf = recipe.rks(_molecule(task, recipe))
+    mol = _molecule(task, recipe)
+    mf = recipe.rks(mol, engine)
     cycles = 0
     first: list[np.ndarray] = []
+    minao = recipe.init_guess == "minao"
+    fock_of = mf.get_fock
+
+    def get_fock(*args, **kwargs):
+        nonlocal cycles
+        fock = fock_of(*args, **kwargs)
+        if engine != "pyscf" and len(args) > 4:  # gpu4pyscf calls no callback: count its
+            cycles += 1  # in-cycle Fock builds (given the cycle and DIIS), one per cycle
+        if minao and not first:
+            # PySCF's first get_fock call in kernel() is the Fock matrix of the minao density,
+            # h1e + veff[D_minao], before any DIIS (from cycle 1), damping or level shift (the
+            # recipe sets none): exactly the minao prior H0 = F[D_minao], kept at no cost
+            first.append(to_host(fock))
+        return fock
 
     def count(_env: dict) -> None:
         nonlocal cycles
         cycles += 1
 
-    if recipe.init_guess == "minao":
-        # PySCF's first get_fock call in kernel() is the Fock matrix of the minao density,
-        # h1e + veff[D_minao], before any DIIS (from cycle 1), damping or level shift (the
-        # recipe sets none): exactly the minao prior H0 = F[D_minao], kept at no cost
-        fock_of = mf.get_fock
-
-        def get_fock(*args, **kwargs):
-            fock = fock_of(*args, **kwargs)
-            if not first:
-                first.append(np.array(fock, dtype=np.float64))
-            return fock
-
-        mf.get_fock = get_fock
-
-    mf.callback = count
+    mf.get_fock = get_fock
+    if engine == "pyscf":
+        mf.callback = count
+    # gpu4pyscf's own minao guess is not PySCF's (block-diagonal per atom): start it from
+    # PySCF's, so that H0 and the SCF's path are those of the CPU labels
+    dm0 = minao_density(mol) if minao and engine != "pyscf" else None
     try:
-        mf.kernel()
+        mf.kernel(dm0=dm0)
     except MemoryError:
         raise
     except Exception as err:  # e.g. a singular overlap from atoms pushed together
@@ -199,13 +205,13 @@ def label(
     if not mf.converged:
         reason = f"SCF not converged in {cycles} cycles (max_cycle={recipe.max_cycle})"
         return Failure(task.id, task.source, reason, cycles)
-    fock = mf.get_fock()  # rebuilt from the converged density, without DIIS or damping
+    fock = to_host(fock_of())  # rebuilt from the converged density, without DIIS or damping
     return MoleculeRecord(
         id=task.id,
         atomic_numbers=task.atomic_numbers,
         positions=task.positions,
-        hamiltonian=np.asarray(fock, dtype=np.float64),
-        overlap=np.asarray(mf.get_ovlp(), dtype=np.float64) if store_overlap else None,
+        hamiltonian=fock,
+        overlap=to_host(mf.get_ovlp()) if store_overlap else None,
         energy=float(mf.e_tot),
         source=task.source,
         n_cycles=cycles,
@@ -231,6 +237,7 @@ def generate(
     progress: bool = True,
     store_overlap: bool = False,
     scheduler: str | None = None,
+    engine: str = "pyscf",
 ) -> Summary:
     """Label the tasks of ``shard`` into ``out_path``, resuming whatever is already there.
 
@@ -239,16 +246,18 @@ def generate(
     ``scheduler`` (:func:`deqh_core.util.cluster.connect`; a task whose workers kept dying is
     recorded as a failure); this process alone writes, each molecule in its own transaction as
     soon as it is done and only once, so a kill loses only the molecules in flight.
-    Refuses (``DataError``) a file labelled with another recipe or PySCF version.
+    ``engine="gpu4pyscf"`` runs each SCF on the worker's GPU (one molecule per worker).
+    Refuses (``DataError``) a file labelled with another recipe, PySCF version or engine.
     """
     recipe = recipe or Recipe()
     if workers < 1:
         raise DataError(f"workers must be >= 1, got {workers}")
     mine = shard_tasks(tasks, shard)
     check_tasks(mine, recipe)
+    check_engine(engine)
     written = failed = 0
     with HamiltonianDB(out_path, "a") as db:
-        db.set_recipe(recipe.as_meta())
+        db.set_recipe(recipe.as_meta(engine))
         done = db.done_ids()
         _check_same_tasks(db, [t for t in mine if t.id in done])
         todo = [t for t in mine if t.id not in done]
@@ -260,7 +269,7 @@ def generate(
             failed=0,
         )
         with label_bar as advance:
-            jobs = ((task, recipe, store_overlap) for task in todo)
+            jobs = ((task, recipe, store_overlap, engine) for task in todo)
             for result in map_unordered(label, jobs, workers, scheduler):
                 if isinstance(result, Lost):
                     task = result.task[0]

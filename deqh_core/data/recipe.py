@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,39 @@ from deqh_core.util.errors import ConfigError, DataError, validation_message
 from deqh_core.util.files import parse_yaml, read_settings
 
 _INIT_GUESSES = ("minao", "atom", "huckel", "mod_huckel", "hcore", "1e", "sap", "vsap")
+# where an SCF runs: PySCF on the CPU, or the same SCF on a CUDA GPU through gpu4pyscf
+ENGINES = ("pyscf", "gpu4pyscf")
+GPU4PYSCF_HINT = "pip install gpu4pyscf-cuda12x (or -cuda11x; needs a CUDA GPU)"
+
+
+def check_engine(engine: str) -> None:
+    """Fail fast, before any work: an unknown engine, or gpu4pyscf not importable."""
+    if engine not in ENGINES:
+        raise DataError(f"engine {engine!r}: use one of {', '.join(ENGINES)}")
+    if engine == "gpu4pyscf":
+        try:
+            import gpu4pyscf  # noqa: F401  (an optional extra, for GPU machines only)
+        except ImportError as err:
+            raise DataError(
+                f"--engine gpu4pyscf: cannot import gpu4pyscf ({err}); {GPU4PYSCF_HINT}"
+            ) from None
+
+
+def minao_density(mol) -> np.ndarray:
+    """PySCF's (CPU) minao guess density of ``mol`` (``[n_ao, n_ao]``), the start of the
+    labels' SCF and the density of the minao prior; gpu4pyscf's own differs (block-diagonal
+    per atom), so the GPU engine is given this one."""
+    # PySCF only where it computes: models run without it (docs/architecture.md)
+    from pyscf.scf.hf import init_guess_by_minao
+
+    return init_guess_by_minao(mol)
+
+
+def to_host(x) -> np.ndarray:
+    """A float64 NumPy copy of a PySCF (NumPy) or gpu4pyscf (CuPy) array."""
+    if type(x).__module__.split(".")[0] == "cupy":
+        x = x.get()
+    return np.array(x, dtype=np.float64)
 
 
 class Recipe(BaseModel):
@@ -89,8 +123,10 @@ class Recipe(BaseModel):
             verbose=0,
         )
 
-    def rks(self, mol):
-        """A PySCF RKS object of ``mol`` set up with this recipe (not yet run)."""
+    def rks(self, mol, engine: str = "pyscf"):
+        """A PySCF RKS object of ``mol`` set up with this recipe (not yet run); with
+        ``engine="gpu4pyscf"`` the same object moved to the GPU (``mf.to_gpu()``: CuPy arrays,
+        see :func:`to_host`)."""
         # PySCF only where it computes: models run without it (docs/architecture.md)
         from pyscf import dft
 
@@ -102,15 +138,21 @@ class Recipe(BaseModel):
         mf.max_cycle = self.max_cycle
         mf.init_guess = self.init_guess
         mf.verbose = 0
+        if engine != "pyscf":
+            check_engine(engine)
+            mf = mf.to_gpu()
         return mf
 
-    def as_meta(self) -> dict:
+    def as_meta(self, engine: str = "pyscf") -> dict:
         """The recipe as stored in a file's ``meta`` table: all fields plus the PySCF version,
-        units, AO order and what the matrix is."""
+        units, AO order and what the matrix is; and gpu4pyscf's version for labels made on a
+        GPU (so a file never mixes CPU and GPU labels)."""
         # PySCF only where it computes: models run without it (docs/architecture.md)
         import pyscf
 
+        meta = {} if engine == "pyscf" else {"engine": f"{engine} {_version(engine)}"}
         return {
+            **meta,
             **self.model_dump(),
             "pyscf_version": pyscf.__version__,
             "units": {"positions": "angstrom", "matrices": "hartree"},
@@ -184,3 +226,13 @@ def describe_recipe(recipe: Recipe) -> str:
         f"{recipe.xc}/{recipe.basis}, grid {recipe.grid_level}, conv_tol {recipe.conv_tol:g}, "
         f"charge {recipe.charge}"
     )
+
+
+def _version(package: str) -> str:
+    """The installed version of ``package`` (gpu4pyscf's wheels carry the CUDA in the name)."""
+    for name in (package, f"{package}-cuda12x", f"{package}-cuda11x", f"{package}-cuda13x"):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            continue
+    return "unknown"

@@ -38,7 +38,7 @@ import torch
 from deqh_core.ao.blocks import assemble, from_square, split, to_square
 from deqh_core.data.domain import geometry_checksum
 from deqh_core.data.md17 import open_source
-from deqh_core.data.recipe import Recipe
+from deqh_core.data.recipe import Recipe, check_engine, minao_density, to_host
 from deqh_core.data.store import HamiltonianDB
 from deqh_core.solvers.deq import DEQSetupError
 from deqh_core.solvers.protocol import Blocks
@@ -55,29 +55,32 @@ Kind = Literal["1e", "minao"]
 _FORMAT = 2  # bump when what a cache row holds or its key means changes
 
 
-def prior_matrix(recipe: Recipe, kind: Kind, atomic_numbers, positions) -> np.ndarray:
-    """``H0 [n_ao, n_ao]`` in PySCF AO order (Hartree) for positions in Å, exactly symmetric."""
+def prior_matrix(
+    recipe: Recipe, kind: Kind, atomic_numbers, positions, engine: str = "pyscf"
+) -> np.ndarray:
+    """``H0 [n_ao, n_ao]`` in PySCF AO order (Hartree) for positions in Å, exactly symmetric;
+    on a GPU with ``engine="gpu4pyscf"``."""
     if kind not in ("1e", "minao"):
         raise DeqhError(f"prior must be '1e' or 'minao', not {kind!r}")
-    return prior_with(recipe.rks(recipe.mole(atomic_numbers, positions)), kind)
+    return prior_with(recipe.rks(recipe.mole(atomic_numbers, positions), engine), kind)
 
 
 def prior_with(mf, kind: Kind) -> np.ndarray:
     """The prior ``H0`` (``[n_ao, n_ao]``, PySCF order, Hartree, exactly symmetric) of
     ``mf.mol`` built with the mean-field object ``mf`` (its grid and integrals, which it keeps
-    for an SCF that follows): ``"minao"``: ``F[D_minao]``; ``"1e"``: the core Hamiltonian."""
-    if kind == "1e":
-        h = mf.get_hcore()
-    else:
-        # the class's own minao guess: an instance whose get_init_guess was replaced
-        # (deqh_core.pyscf.accelerate) must not call itself
-        h = mf.get_fock(dm=type(mf).get_init_guess(mf, mf.mol, key="minao"))
+    for an SCF that follows; PySCF's or gpu4pyscf's): ``"minao"``: ``F[D_minao]`` of PySCF's
+    minao density; ``"1e"``: the core Hamiltonian."""
+    # PySCF's minao density, not mf.get_init_guess: gpu4pyscf's differs, and an instance
+    # whose get_init_guess was replaced (deqh_core.pyscf.accelerate) must not call itself
+    h = to_host(mf.get_hcore() if kind == "1e" else mf.get_fock(dm=minao_density(mf.mol)))
     return (h + h.T) / 2
 
 
-def _timed(recipe: Recipe, kind: Kind, mol_id: int, z, pos) -> tuple[int, np.ndarray, float]:
+def _timed(
+    recipe: Recipe, kind: Kind, mol_id: int, z, pos, engine: str = "pyscf"
+) -> tuple[int, np.ndarray, float]:
     start = time.perf_counter()
-    h = prior_matrix(recipe, kind, z, pos)
+    h = prior_matrix(recipe, kind, z, pos, engine)
     return mol_id, h, time.perf_counter() - start
 
 
@@ -189,6 +192,7 @@ class PriorCache:
         shard=(0, 1),
         into_dataset: bool = False,
         scheduler: str | None = None,
+        engine: str = "pyscf",
     ) -> int:
         """Compute and store ``H0`` of every molecule ``(id, atomic_numbers [n], positions
         [n, 3] Å)`` of ``structures`` not yet here (those with ``id % N == i`` for ``shard=(i,
@@ -197,7 +201,7 @@ class PriorCache:
         Dask gave up on is left for the next fill). ``into_dataset``: into the dataset file's
         own ``prior`` table (a QH9-schema file labelled with this recipe; ``deqh data
         prior``), each molecule committed on its own, so a killed fill resumes where it
-        stopped."""
+        stopped. ``engine="gpu4pyscf"``: on GPUs."""
 
         i, n = shard
         structures = list(structures)
@@ -212,7 +216,8 @@ class PriorCache:
         if not todo:
             return 0
         target = HamiltonianDB(self.dataset, "a") if into_dataset else None
-        jobs = ((self.recipe, self.kind, k, z, pos) for k, (z, pos) in todo.items())
+        check_engine(engine)
+        jobs = ((self.recipe, self.kind, k, z, pos, engine) for k, (z, pos) in todo.items())
         computed = 0
         try:
             with tracked(f"prior {self.kind} H0", len(todo), progress) as advance:
