@@ -54,7 +54,8 @@ def test_a_config_of_the_previous_release_resolves_to_the_same_settings():
     result = runner.invoke(app, ["train", "--config", str(OLD / "config.yaml"), "--print-config"])
     assert result.exit_code == 0, result.output
     resolved = yaml.safe_load(result.output)
-    assert resolved.pop("version") == CONFIG_VERSION  # the one key it gains
+    assert resolved.pop("version") == CONFIG_VERSION  # the keys it gains...
+    assert resolved["deq"].pop("feedback") == "diagonal"  # ...with the meaning it had
     assert resolved == yaml.safe_load((OLD / "resolved_config.yaml").read_text())
 
 

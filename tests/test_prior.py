@@ -148,7 +148,8 @@ def test_conformance_kit_with_every_prior(kind, basis):
     results = check_backbone("qhnet", config=QHNetConfig(**SMALL), prior=kind, prior_basis=basis)
     suffix = "" if basis == "ao" else f" ({basis})"
     assert {r.mode for r in results} == {
-        f"{m}, prior {kind}{suffix}" for m in ("predictor", "reads S", "reads H+S")
+        f"{m}, prior {kind}{suffix}"
+        for m in ("predictor", "reads S", "reads H+S", "reads H+S, full feedback")
     }
     assert all(r.passed for r in results), [r for r in results if not r.passed]
 

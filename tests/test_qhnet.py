@@ -22,9 +22,10 @@ from deqh_core.inference.loaded import load_model
 from deqh_core.ops import active_backends, cueq_available, use_backend
 from deqh_core.plugins.manager import get_backbone
 from deqh_core.plugins.testing import KIT_MOLECULES, check_backbone
-from deqh_core.solvers.backbone import BackboneError, ReducedSolver
+from deqh_core.solvers.backbone import BackboneError, BackboneSpec, ReducedSolver
 from deqh_core.solvers.deq import DEQConfig, DEQHamiltonianSolver
-from deqh_core.training.config import ModelConfig, load_config
+from deqh_core.solvers.protocol import Blocks, Capabilities
+from deqh_core.training.config import ConfigError, ModelConfig, load_config
 from deqh_core.training.metrics import hamiltonian_loss
 from deqh_core.training.model import HamiltonianModel
 from deqh_core.training.trainer import Trainer
@@ -54,6 +55,7 @@ def _item(name: str, transform=None, mol_id: int = 0):
 def test_registered_with_capabilities():
     spec = get_backbone("qhnet")
     assert spec.capabilities.reads_h and spec.capabilities.reads_s
+    assert spec.capabilities.reads_pairs  # DEQ feedback "full"
     assert spec.config is QHNetConfig
 
 
@@ -70,12 +72,13 @@ def test_config_defaults_are_the_papers_and_unknown_keys_fail():
 
 @pytest.mark.parametrize("cutoff", [15.0, 1.3])
 def test_conformance_kit_every_mode(cutoff):
-    """Predictor, reads S and reads H+S (DEQ-wrapped): rotation (e3nn Wigner-D, float64),
-    translation, permutation, exact symmetry, alone vs in a batch. The 1.3 Å cutoff leaves
-    methanol's far pairs outside the graph (their blocks must still be right)."""
+    """Predictor, reads S, reads H+S (DEQ-wrapped) and reads H+S with full feedback: rotation
+    (e3nn Wigner-D, float64), translation, permutation, exact symmetry, alone vs in a batch.
+    The 1.3 Å cutoff leaves methanol's far pairs outside the graph
+    (their blocks must still be right)."""
     results = check_backbone("qhnet", config=QHNetConfig(**SMALL, cutoff=cutoff))
     modes = {r.mode for r in results}
-    assert modes == {"predictor", "reads S", "reads H+S"}
+    assert modes == {"predictor", "reads S", "reads H+S", "reads H+S, full feedback"}
     assert all(r.passed for r in results)
 
 
@@ -87,12 +90,46 @@ def test_any_basis_set_with_f_shells():
         QHNet(QHNetConfig(**SMALL), AOLayout("def2-tzvp", [1, 6]))
 
 
-@pytest.mark.parametrize(("reads_h", "reads_s"), [(False, False), (False, True), (True, True)])
-def test_parity_inversion(float64, reads_h, reads_s):
+@pytest.mark.parametrize("feedback", ["diagonal", "full"])
+def test_full_feedback_reads_the_off_diagonal_blocks(float64, feedback):
+    """With full feedback the next iterate depends on the current H_ij; with the paper's
+    diagonal feedback it does not."""
+    torch.manual_seed(0)
+    model = HamiltonianModel(
+        ModelConfig(backbone="qhnet", deq=True, params=SMALL),
+        LAYOUT,
+        DEQConfig(feedback=feedback),
+    ).eval()
+    solver = model.net.solver
+    assert solver.capabilities.reads_pairs == (feedback == "full")
+    assert ("feedback" in model.describe()) == (feedback == "full")
+    batch = Batch.from_data_list([_item("methanol")])
+    injection = solver.inject(batch)
+    h = Blocks(batch.h_diag, batch.h_off)  # any symmetric blocks: the label's
+    moved = Blocks(h.diag, h.off * 1.5)
+    with torch.no_grad():
+        change = (solver(batch, moved, injection).off - solver(batch, h, injection).off).abs()
+    assert (change.max() > 1e-6) == (feedback == "full")
+
+
+def test_full_feedback_needs_a_backbone_that_reads_pairs():
+    spec = get_backbone("qhnet")
+    blind = BackboneSpec("blind", "test", QHNetConfig, spec.factory, Capabilities(True, True))
+    with pytest.raises(BackboneError, match="cannot read pair features"):
+        ReducedSolver(blind, QHNetConfig(**SMALL), LAYOUT, True, True, reads_pairs=True)
+    with pytest.raises(ConfigError, match=r"deq\.feedback"):
+        load_config(None, None, {"model": {"deq": False}, "deq": {"feedback": "full"}})
+
+
+@pytest.mark.parametrize(
+    ("reads_h", "reads_s", "pairs"),
+    [(False, False, False), (False, True, False), (True, True, False), (True, True, True)],
+)
+def test_parity_inversion(float64, reads_h, reads_s, pairs):
     """O(3), not only SO(3): inverting the molecule multiplies AO slot k by (-1)^l(k)."""
     torch.manual_seed(0)
     spec = get_backbone("qhnet")
-    solver = ReducedSolver(spec, QHNetConfig(**SMALL), LAYOUT, reads_h, reads_s).eval()
+    solver = ReducedSolver(spec, QHNetConfig(**SMALL), LAYOUT, reads_h, reads_s, pairs).eval()
 
     def run(item):
         batch = Batch.from_data_list([item])

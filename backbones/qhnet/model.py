@@ -10,9 +10,10 @@ Data flow (paper Fig. 2)::
       -> bottleneck features b_ii, b_ij; element-conditioned head weights;
       the filter's geometry-only inputs (DEQHNet)
 
-    forward(batch, node_features, injection)   -- once per DEQ iteration
+    forward(batch, node_features, injection[, pair_features])   -- once per DEQ iteration
       DEQHNet only: node features of H/S -> filter (TransBlocks, fusion with x_k,
       self / pair layers) -> additions to b_ii, b_ij
+      full feedback only: the current H_ij's expansion features -> linear -> addition to b_ij
       b_ii, b_ij -> expansion heads -> blocks, symmetrised exactly
 
 Pairs: the off-diagonal blocks are needed for every ordered pair of ``batch.pair_index``.
@@ -79,9 +80,17 @@ class QHNet(nn.Module):
         layout: AO layout of the output blocks (any basis set).
         node_irreps: irreps of the node features the core passes to ``forward``, or None for
             the plain predictor ``H = f(Z, R)``.
+        pair_irreps: irreps of the pair features (the current H's off-diagonal blocks, DEQ
+            feedback ``"full"``), or None.
     """
 
-    def __init__(self, config: QHNetConfig, layout: AOLayout, node_irreps: o3.Irreps | None = None):
+    def __init__(
+        self,
+        config: QHNetConfig,
+        layout: AOLayout,
+        node_irreps: o3.Irreps | None = None,
+        pair_irreps: o3.Irreps | None = None,
+    ):
         super().__init__()
         c = config
         self.config = c
@@ -143,6 +152,13 @@ class QHNet(nn.Module):
                 block_irreps,
                 self.irreps_bottleneck,
             )
+        # full feedback: H_ij enters the pair head's bottleneck through one equivariant linear
+        # map per pair, so the off-diagonal output can correct the current off-diagonal block
+        # directly (the heads' per-element weights then act on it as on the structure features)
+        self.pair_irreps = o3.Irreps(pair_irreps) if pair_irreps is not None else None
+        self.pair_input = None
+        if self.pair_irreps is not None:
+            self.pair_input = EquivariantLinear(self.pair_irreps, self.irreps_bottleneck)
         use_backend(self, c.ops)
 
     def inject(self, batch) -> QHNetInjection:
@@ -188,10 +204,14 @@ class QHNet(nn.Module):
         )
 
     def forward(
-        self, batch, node_features: torch.Tensor | None, injection: QHNetInjection
+        self,
+        batch,
+        node_features: torch.Tensor | None,
+        injection: QHNetInjection,
+        pair_features: torch.Tensor | None = None,
     ) -> Blocks:
         """Blocks ``diag [n_atoms, A, A]`` and ``off [n_pairs, A, A]`` (model order, Hartree),
-        exactly symmetric."""
+        exactly symmetric; ``pair_features [n_pairs, pair_irreps.dim]`` with full feedback."""
         b_ii, b_ij = injection.bottleneck_ii, injection.bottleneck_ij
         if self.filter is not None:
             if node_features is None:
@@ -208,6 +228,12 @@ class QHNet(nn.Module):
                 pair_j,
             )
             b_ii, b_ij = b_ii + d_ii, b_ij + d_ij
+        if self.pair_input is not None:
+            if pair_features is None:
+                raise BackboneError(
+                    f"this QHNet reads pair features {self.pair_irreps} (full feedback); got None"
+                )
+            b_ij = b_ij + self.pair_input(pair_features)
         diag = self.head_ii(b_ii, injection.head_ii)
         off = self.head_ij(b_ij, injection.head_ij)
         return Blocks(*symmetrize(diag, off, batch))

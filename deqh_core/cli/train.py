@@ -42,6 +42,14 @@ def train_command(
             "far better orbitals and SCF starts, docs/training.md) or ao (H0 + f)."
         ),
     ] = None,
+    feedback: Annotated[
+        str | None,
+        typer.Option(
+            metavar="diagonal|full",
+            help="What of the DEQ's iterate the backbone reads: its on-site blocks (diagonal, "
+            "the paper) or also its off-diagonal ones, as pair features (full).",
+        ),
+    ] = None,
     preset: Annotated[
         str | None, typer.Option(help="cpu-small, md17-water, ..., qh9-stable-id (see docs).")
     ] = None,
@@ -87,6 +95,7 @@ def train_command(
     put("model", "overlap", overlap)
     put("model", "prior", prior)
     put("model", "prior_basis", prior_basis)
+    put("deq", "feedback", feedback)
     put("data", "path", str(data) if data else None)
     put("data", "batch_size", batch_size)
     put("optim", "max_steps", steps)
@@ -122,7 +131,8 @@ def train_command(
         typer.echo(yaml.safe_dump(resolved(cfg), sort_keys=False), nl=False)
         return
     result = train(cfg, resume=resume)
-    table = Table(title=f"deqh train: {cfg.model.backbone}{' --deq' if cfg.model.deq else ''}")
+    mode = (" --deq" + (" --feedback full" if cfg.deq.feedback == "full" else "")) * cfg.model.deq
+    table = Table(title=f"deqh train: {cfg.model.backbone}{mode}")
     table.add_column("validation (step)")
     table.add_column("H MAE all, 1e-6 Ha")
     table.add_column("diag")

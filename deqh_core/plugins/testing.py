@@ -1,7 +1,8 @@
 """Conformance kit for backbone authors, in the spirit of scikit-learn's ``check_estimator``.
 
 ``check_backbone("name")`` builds the backbone on small real molecules (PySCF matrices, float64)
-in every mode it supports — predictor, reading S, reading H (DEQ) — and checks that it is
+in every mode it supports — predictor, reading S, reading H (DEQ), reading H's off-diagonal
+blocks too (DEQ feedback ``"full"``) — and checks that it is
 
 * rotation-equivariant in the AO layout: ``H(R·x) = D(R) H(x) D(R)ᵀ`` with e3nn's Wigner-D,
 * translation-invariant,
@@ -160,17 +161,15 @@ def check_backbone(
     config = config or spec.config()
     molecules = list(KIT_MOLECULES.values())
     layout = AOLayout(basis, sorted({z for zs, _ in molecules for z in zs}))
-    modes = [("predictor", False, False)]
-    if spec.capabilities.reads_s:
-        modes.append(("reads S", False, True))
-    if spec.capabilities.reads_h:
-        modes.append(
-            (
-                "reads H+S" if spec.capabilities.reads_s else "reads H",
-                True,
-                spec.capabilities.reads_s,
-            )
-        )
+    caps = spec.capabilities
+    modes = [("predictor", False, False, False)]
+    if caps.reads_s:
+        modes.append(("reads S", False, True, False))
+    if caps.reads_h:
+        reads = "reads H+S" if caps.reads_s else "reads H"
+        modes.append((reads, True, caps.reads_s, False))
+        if caps.reads_pairs:
+            modes.append((f"{reads}, full feedback", True, caps.reads_s, True))
     # a fixed number of plain iterations: the same computation alone and inside a batch
     deq_config = DEQConfig(f_solver="fixed_point_iter", f_max_iter=6, b_max_iter=6, f_tol=1e-30)
     if prior != "none":
@@ -179,9 +178,10 @@ def check_backbone(
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        for mode, reads_h, reads_s in modes:
+        for mode, reads_h, reads_s, reads_pairs in modes:
             torch.manual_seed(seed)
-            solver = ReducedSolver(spec, config, layout, reads_h, reads_s).double().eval()
+            solver = ReducedSolver(spec, config, layout, reads_h, reads_s, reads_pairs)
+            solver = solver.double().eval()
             if prior != "none":
                 solver = PriorResidual(solver, prior, prior_basis)
                 mode = f"{mode}, prior {prior}" + (

@@ -10,6 +10,17 @@ The contract a backbone implements (small on purpose)::
 ``node_irreps`` is None). The core fills them by *diagonal reduction*
 (:mod:`deqh_core.ao.reduction`) of the current Hamiltonian and/or the overlap, so a backbone that
 knows nothing about H can read it and be DEQ-wrapped: ``H* = f(H*, Z, R, S)``.
+
+A backbone whose capabilities say ``reads_pairs`` also takes the current Hamiltonian's
+off-diagonal blocks (DEQ feedback ``"full"``)::
+
+    model = spec.factory(config, layout, node_irreps, pair_irreps)
+    blocks = model(batch, node_features, injection, pair_features)
+
+``pair_features [n_pairs, pair_irreps.dim]``, one row per ordered pair of ``batch.pair_index``,
+are the blocks ``H_ij`` in the irreps of their Clebsch-Gordan expansion
+(:class:`~deqh_core.ao.expansion.BlockExpansion`, the output heads' own change of basis, run
+backwards): equivariant, and exact (an orthogonal map of the block's entries, in Hartree).
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from e3nn import o3
 from pydantic import BaseModel
 
 from deqh_core.ao.basis import AOLayout
+from deqh_core.ao.expansion import BlockExpansion
 from deqh_core.ao.reduction import DiagonalReduction
 from deqh_core.solvers.protocol import Blocks, Capabilities
 from deqh_core.util.errors import DeqhError
@@ -41,7 +53,8 @@ class BackboneSpec:
         description: one line for ``deqh backbones``.
         config: pydantic model of the backbone's hyperparameters (defaults = recommended).
         factory: ``factory(config, layout, node_irreps) -> backbone`` (see module doc).
-        capabilities: whether it accepts node features, hence can read H (DEQ) and S.
+        capabilities: whether it accepts node features, hence can read H (DEQ) and S, and
+            pair features (DEQ feedback ``"full"``).
     """
 
     name: str
@@ -53,19 +66,31 @@ class BackboneSpec:
 
 class ReducedSolver(torch.nn.Module):
     """A ``HamiltonianSolver`` from a backbone: H and/or S reach it as diagonal-reduction
-    node features (``16x0e+8x1o+4x2e`` each, H's first)."""
+    node features (``16x0e+8x1o+4x2e`` each, H's first); with ``reads_pairs`` (DEQ feedback
+    ``"full"``) H's off-diagonal blocks also reach it, as pair features."""
 
     def __init__(
-        self, spec: BackboneSpec, config: BaseModel, layout: AOLayout, reads_h: bool, reads_s: bool
+        self,
+        spec: BackboneSpec,
+        config: BaseModel,
+        layout: AOLayout,
+        reads_h: bool,
+        reads_s: bool,
+        reads_pairs: bool = False,
     ):
         super().__init__()
-
-        if (reads_h and not spec.capabilities.reads_h) or (
-            reads_s and not spec.capabilities.reads_s
-        ):
+        caps = spec.capabilities
+        if reads_pairs and not reads_h:
+            raise BackboneError("pair features are the current H's blocks: they need reads_h")
+        if (reads_h and not caps.reads_h) or (reads_s and not caps.reads_s):
             what = "the Hamiltonian (--deq)" if reads_h else "the overlap"
             raise BackboneError(f"backbone {spec.name!r} cannot read {what}")
-        self.capabilities = Capabilities(reads_h=reads_h, reads_s=reads_s)
+        if reads_pairs and not caps.reads_pairs:
+            raise BackboneError(
+                f"backbone {spec.name!r} cannot read pair features (deq.feedback = full): its "
+                "capabilities say reads_pairs=False; use deq.feedback = diagonal"
+            )
+        self.capabilities = Capabilities(reads_h=reads_h, reads_s=reads_s, reads_pairs=reads_pairs)
         self.layout = layout
         self.reduction = DiagonalReduction(layout) if (reads_h or reads_s) else None
         n_streams = int(reads_h) + int(reads_s)
@@ -73,7 +98,11 @@ class ReducedSolver(torch.nn.Module):
         if n_streams:
             irreps = o3.Irreps([(mul * n_streams, ir) for mul, ir in self.reduction.irreps_out])
         self.node_irreps = irreps
-        self.backbone = spec.factory(config, layout, irreps)
+        self.expansion = BlockExpansion(layout) if reads_pairs else None
+        if self.expansion is None:
+            self.backbone = spec.factory(config, layout, irreps)
+        else:
+            self.backbone = spec.factory(config, layout, irreps, self.expansion.irreps)
 
     def inject(self, batch) -> Any:
         rows = self.reduction.rows(batch.z) if self.reduction is not None else None
@@ -90,6 +119,8 @@ class ReducedSolver(torch.nn.Module):
         if s_features is not None:
             features.append(s_features)
         node = _interleave(features, self.reduction.irreps_out) if features else None
+        if self.expansion is not None:
+            return self.backbone(batch, node, inner, self.expansion.inverse(h.off))
         return self.backbone(batch, node, inner)
 
 

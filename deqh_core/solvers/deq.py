@@ -158,6 +158,11 @@ class DEQConfig(BaseModel):
         sync_every: on CUDA, evaluations between the per-molecule solver's tests whether every
             molecule has stopped (each test waits for the GPU); on the CPU it tests after every
             evaluation. Results do not depend on it, only the number of evaluations run.
+        feedback: what of the current iterate the backbone reads: ``"diagonal"`` (the on-site
+            blocks, through the diagonal reduction: the paper) or ``"full"`` (also every
+            off-diagonal block ``H_ij``, as equivariant pair features: its Clebsch-Gordan
+            expansion, :class:`~deqh_core.ao.expansion.BlockExpansion`), for a backbone whose
+            capabilities say ``reads_pairs``.
         residual_weight: weight of the fixed-point penalty added to the training loss
             (:func:`deqh_core.training.metrics.training_loss`): RMSE + MAE of ``f(H*) - H*``
             over the valid block entries, with the gradient through ``f``. 0 is the paper's
@@ -184,6 +189,7 @@ class DEQConfig(BaseModel):
     anderson_m: int = Field(6, ge=1)
     anderson_lam: float = Field(1e-4, gt=0)
     init: Literal["identity", "minao", "1e"] = "identity"
+    feedback: Literal["diagonal", "full"] = "diagonal"
     on_failure: Literal["raise", "report"] = "raise"
     residual_weight: float = Field(0.0, ge=0)
     sync_every: int = Field(4, ge=1)

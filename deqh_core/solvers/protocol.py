@@ -37,6 +37,8 @@ class Capabilities:
 
     reads_h: bool = False  # the current Hamiltonian: a solver, DEQ-able
     reads_s: bool = False  # the overlap matrix's on-site blocks
+    # the current Hamiltonian's off-diagonal blocks as pair features (DEQ feedback "full")
+    reads_pairs: bool = False
 
 
 @runtime_checkable

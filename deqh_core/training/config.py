@@ -179,6 +179,8 @@ class TrainConfig(_Strict):
                 f"model.prior={prior!r} starts the DEQ at its H0, but deq.init={init!r}; "
                 "leave deq.init at identity (or set it to the prior)"
             )
+        if self.deq.feedback == "full" and not self.model.deq:
+            raise ValueError("deq.feedback = full feeds back the DEQ's iterate: set model.deq")
         return self
 
 

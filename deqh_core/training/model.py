@@ -31,7 +31,11 @@ class HamiltonianModel(torch.nn.Module):
             problems = validation_message(err, "model.params.")
             raise BackboneError(f"backbone {spec.name!r}: {problems}") from None
         self.spec, self.params, self.config, self.layout = spec, params, config, layout
-        solver = ReducedSolver(spec, params, layout, reads_h=config.deq, reads_s=config.reads_s)
+        full = config.deq and (deq or DEQConfig()).feedback == "full"
+        self.feedback = "full" if full else "diagonal"
+        solver = ReducedSolver(
+            spec, params, layout, reads_h=config.deq, reads_s=config.reads_s, reads_pairs=full
+        )
         if config.prior != "none":
             # H = H0 + f; a DEQ iterates H <- H0 + g(H) from H0, as an SCF from its guess
             solver = PriorResidual(solver, config.prior, config.prior_basis)
@@ -51,6 +55,8 @@ class HamiltonianModel(torch.nn.Module):
             "overlap": self.config.reads_s,
             "prior": self.config.prior,
             "prior_basis": self.config.prior_basis,
+            # only when full: checkpoints from before the option describe the same model
+            **({"feedback": "full"} if self.feedback == "full" else {}),
             "params": self.params.model_dump(),
             "basis": self.layout.basis,
             "elements": list(self.layout.elements),
