@@ -18,7 +18,15 @@ from deqh_core.cli import app
 from deqh_core.data.dataset import BUNDLED, HamiltonianDataset
 from deqh_core.data.recipe import Recipe
 from deqh_core.data.store import HamiltonianDB, MoleculeRecord
-from deqh_core.experiments.ablate import VARIANTS, _remaining_minutes, base_config, variant_config
+from deqh_core.experiments.ablate import (
+    PAPER_VARIANTS,
+    VARIANTS,
+    _remaining_minutes,
+    base_config,
+    mean_se,
+    training_curve,
+    variant_config,
+)
 from deqh_core.inference.loaded import load_model
 from deqh_core.training.config import parse_override
 from deqh_core.training.trainer import Trainer
@@ -61,7 +69,8 @@ def test_ablate_trains_four_variants_resumes_and_reports(ablation):
     out, output = ablation
     assert "qhnet: resuming" in output and "deqhnet: training" in output
     splits = []
-    for name in VARIANTS:
+    assert not (out / "deqhnet-full").exists()  # not one of the paper's four: on request only
+    for name in PAPER_VARIANTS:
         saved = json.loads((out / name / "eval.json").read_text())
         assert saved["step"] == 2 and saved["metrics"]["n_molecules"] == 4
         assert ("deq_nstep" in saved["metrics"]) == VARIANTS[name].deq
@@ -92,9 +101,48 @@ def test_ablate_adds_priors_to_the_same_table(ablation):
     saved = json.loads((out / "qhnet+1e" / "eval.json").read_text())
     assert saved["model"]["prior"] == "1e" and saved["step"] == 2
     rows = [line for line in (out / "ablation.md").read_text().splitlines() if "| QHNet |" in line]
-    assert [row.split("|")[4].strip() for row in rows] == ["none", "1e"]
+    assert [row.split("|")[5].strip() for row in rows] == ["none", "1e"]
     bad = _ablate(out, "--steps", "2", "--prior", "dft")
     assert bad.exit_code == 1 and "unknown prior" in bad.output
+    blind = _ablate(out, "--steps", "2", "--variant", "deqhnet-full")
+    assert blind.exit_code == 1 and "cannot read pair features" in blind.output
+
+
+def test_ablate_seeds_and_full_feedback_into_one_table(tmp_path):
+    """--seeds 2 trains every run twice (seeds run.seed and run.seed + 1); the table gives mean
+    ± standard error over the seeds, the step time and the error at equal wall-clock time, and
+    DEQHNet with full feedback runs beside the predictor."""
+    params = "{l_max: 2, channels: 8, bottleneck: 4, layers: 2, interaction_layers: 1, " + (
+        "num_rbf: 8, radial_hidden: 8, filter_irreps: 8x0e+4x1o+4x2e, filter_channels: 4, "
+        "attention_heads: 2, filter_radial_hidden: 8}"
+    )
+    args = ["--set", f"model.params={params}"] + [
+        a for s in SETTINGS[1:] for a in ("--set", s)
+    ]  # fmt: skip
+    out = tmp_path / "study"
+    result = runner.invoke(
+        app,
+        ["ablate", "--backbone", "qhnet", "--out", str(out), "--no-progress", "--steps", "3",
+         "--seeds", "2", "--variant", "deqhnet-full", "--variant", "qhnet", *args],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    runs = {p.parent.name for p in out.glob("*/eval.json")}
+    assert runs == {"qhnet", "qhnet.seed1", "deqhnet-full", "deqhnet-full.seed1"}
+    seeds = {r: torch.load(out / r / "best.pt", weights_only=False)["config"]["run"]["seed"]
+             for r in runs}  # fmt: skip
+    assert seeds["qhnet.seed1"] == seeds["qhnet"] + 1
+    full = json.loads((out / "deqhnet-full" / "eval.json").read_text())
+    assert full["model"]["feedback"] == "full" and "deq_nstep" in full["metrics"]
+    maes = [json.loads((out / r / "eval.json").read_text())["metrics"]["h_mae_all"]
+            for r in ("qhnet", "qhnet.seed1")]  # fmt: skip
+    assert maes[0] != maes[1]  # two seeds, two models
+    mean, se = mean_se(maes)
+    row = next(x for x in (out / "ablation.md").read_text().splitlines() if "| QHNet |" in x)
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[5] == "2" and cells[7] == f"{mean * 1e6:.2f} ± {se * 1e6:.2f}"
+    curve = training_curve(out / "qhnet")
+    assert len(curve.minutes) == 3 and curve.step_seconds > 0  # val_every=1, 3 steps
+    assert (out / "ablation_time.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_ablate_refuses_an_empty_split_and_charges_killed_time(example_plugin, tmp_path):

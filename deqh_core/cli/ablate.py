@@ -33,7 +33,11 @@ def ablate_command(
     out: Annotated[Path, typer.Option(help="Ablation directory.")] = Path("runs/ablation"),
     variant: Annotated[
         list[str] | None,
-        typer.Option(help="Only these variants (repeatable): " + ", ".join(VARIANTS) + "."),
+        typer.Option(
+            help="Only these variants (repeatable; default: the paper's four): "
+            + ", ".join(VARIANTS)
+            + "."
+        ),
     ] = None,
     prior: Annotated[
         list[str] | None,
@@ -42,6 +46,12 @@ def ablate_command(
             "(the correction in the Löwdin basis), or 1e-ao / minao-ao (in the AO basis)."
         ),
     ] = None,
+    seeds: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Seeds per variant (run.seed + 0..N-1); the table gives mean ± s.e."
+        ),
+    ] = 1,
     split: Annotated[
         SplitName, typer.Option(help="Split the variants are evaluated on.")
     ] = SplitName.test,
@@ -52,12 +62,13 @@ def ablate_command(
         typer.Option("--set", metavar="KEY=VALUE", help="Any config field, e.g. optim.lr=1e-3."),
     ] = None,
 ) -> None:
-    """Train and evaluate DEQHNet, DEQHNet w/o S, QHNet and QHNet w/ S (paper Fig. 5)."""
+    """Train and evaluate DEQHNet, DEQHNet w/o S, QHNet and QHNet w/ S (paper Fig. 5), and on
+    request DEQHNet with full feedback, with priors and several seeds."""
     # imported when the command runs, so that `deqh --help` stays fast
     from rich.console import Console
     from rich.table import Table
 
-    from deqh_core.experiments.ablate import HEADER, run_ablation, table_rows
+    from deqh_core.experiments.ablate import HEADER, LEFT, run_ablation
     from deqh_core.training.config import parse_override
 
     if minutes is not None and minutes <= 0:
@@ -80,12 +91,15 @@ def ablate_command(
         split.value,
         log=lambda text: console.print(text, markup=False),
         priors=prior,
+        seeds=seeds,
     )
     table = Table(title=f"deqh ablate: {backbone}")
-    for column in HEADER:
-        left = column in ("variant", "DEQ", "S", "prior")
-        table.add_column(column, justify="left" if left else "right")
-    for row in table_rows(result.results):
+    for k, column in enumerate(HEADER):
+        table.add_column(column, justify="left" if k < LEFT else "right")
+    for row in result.rows:
         table.add_row(*row)
     console.print(table)
-    console.print(f"table: {result.markdown}\nchart: {result.chart}", markup=False)
+    console.print(
+        f"table: {result.markdown}\ncharts: {result.chart}, {out / 'ablation_time.png'}",
+        markup=False,
+    )

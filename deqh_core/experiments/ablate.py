@@ -1,7 +1,7 @@
 """``deqh ablate``: the paper's ablation (Fig. 5) in one command.
 
-Four variants of one backbone, trained on the same split with the same budget and evaluated on
-the same molecules:
+Variants of one backbone, trained on the same split with the same budget and evaluated on
+the same molecules (the paper's four by default):
 
 =================  ===========  ===========  ==========================================
 variant            DEQ solver   reads S      the paper's name
@@ -10,7 +10,13 @@ variant            DEQ solver   reads S      the paper's name
 ``deqhnet-no-s``   yes          no           DEQHNet without the overlap matrix
 ``qhnet``          no           no           QHNet (the predictor)
 ``qhnet-s``        no           yes          QHNet with the overlap matrix
+``deqhnet-full``   yes          yes          (not in the paper) DEQHNet whose iteration also
+                                             reads the off-diagonal blocks (``deq.feedback``
+                                             ``full``); for backbones that read pair features
 =================  ===========  ===========  ==========================================
+
+``seeds`` > 1 trains every run again with the seeds ``run.seed + k`` (``k = 1 .. seeds-1``),
+as runs ``<run>.seed<k>``; the table then gives mean ± standard error over the seeds.
 
 With ``--prior 1e`` / ``--prior minao`` (repeatable, with ``none``; the correction in the
 Löwdin basis, or ``minao-ao`` for the AO basis) every variant is also trained on top of that prior
@@ -21,9 +27,13 @@ Layout of ``--out`` (default ``runs/ablation``)::
     ablation.json     the settings the ablation was started with (a rerun must match them)
     <variant>/        a ``deqh train`` run directory (checkpoints, metrics.csv, config.yaml)
     <variant>+<prior>/  the same variant with a prior
+    <run>.seed<k>/    the same run with seed run.seed + k
     <variant>/eval.json   the variant's evaluation; its presence marks the variant done
-    ablation.md       Markdown table of every finished run in the folder
+    ablation.md       Markdown table of every finished run in the folder (per variant and prior:
+                      mean ± standard error over seeds; training step time; validation H MAE at
+                      the wall-clock time of the quickest variant)
     ablation.png      bar chart of H MAE, occupied-orbital-energy MAE and ψ similarity
+    ablation_time.png validation H MAE against training wall-clock time, every run
 
 Resumable variant by variant: a finished variant (``eval.json``) is skipped, a killed one
 resumes from its ``last.pt`` through the trainer's resume. A wall-time budget (``minutes``)
@@ -33,11 +43,15 @@ give it extra time.
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from deqh_core.util.errors import DeqhError
 from deqh_core.util.files import atomic_open, atomic_write, check_output_dir
@@ -53,6 +67,7 @@ class Variant:
     label: str  # the paper's name (with the QHNet backbone)
     deq: bool
     overlap: bool
+    feedback: str = "diagonal"  # deq.feedback
 
 
 VARIANTS: dict[str, Variant] = {
@@ -62,8 +77,10 @@ VARIANTS: dict[str, Variant] = {
         Variant("deqhnet-no-s", "DEQHNet w/o S", deq=True, overlap=False),
         Variant("qhnet", "QHNet", deq=False, overlap=False),
         Variant("qhnet-s", "QHNet w/ S", deq=False, overlap=True),
+        Variant("deqhnet-full", "DEQHNet full", deq=True, overlap=True, feedback="full"),
     )
 }
+PAPER_VARIANTS = ("deqhnet", "deqhnet-no-s", "qhnet", "qhnet-s")  # the default: paper Fig. 5
 
 
 class AblationError(DeqhError):
@@ -95,29 +112,36 @@ def base_config(
 PRIOR_CHOICES = ("none", "1e", "minao", "1e-ao", "minao-ao")
 
 
-def run_name(variant: str, prior: str = "none") -> str:
-    """The run directory name of ``variant`` with ``prior`` (one of :data:`PRIOR_CHOICES`):
-    ``qhnet``, ``qhnet+minao``, ``qhnet+minao-ao``."""
-    return variant if prior == "none" else f"{variant}+{prior}"
+def run_name(variant: str, prior: str = "none", seed: int = 0) -> str:
+    """The run directory name of ``variant`` with ``prior`` (one of :data:`PRIOR_CHOICES`) and
+    the ``seed``-th extra seed: ``qhnet``, ``qhnet+minao``, ``qhnet+minao-ao``,
+    ``qhnet+minao.seed2``."""
+    name = variant if prior == "none" else f"{variant}+{prior}"
+    return f"{name}.seed{seed}" if seed else name
 
 
-def split_name(name: str) -> tuple[Variant, str]:
-    """Inverse of :func:`run_name`: the variant and the prior."""
+def split_name(name: str) -> tuple[Variant, str, int]:
+    """Inverse of :func:`run_name`: the variant, the prior and the seed index."""
+    name, _, seed = name.partition(".seed")
     variant, _, prior = name.partition("+")
-    return VARIANTS[variant], prior or "none"
+    return VARIANTS[variant], prior or "none", int(seed or 0)
 
 
 def variant_config(
-    base: TrainConfig, variant: str, out: str | Path, prior: str = "none"
+    base: TrainConfig, variant: str, out: str | Path, prior: str = "none", seed: int = 0
 ) -> TrainConfig:
-    """``base`` as ``variant`` with ``prior``, training into ``out/<run name>``."""
+    """``base`` as ``variant`` with ``prior`` and seed ``run.seed + seed``, training into
+    ``out/<run name>``."""
     v = VARIANTS[variant]
     kind, _, basis = prior.partition("-")
     basis = basis or ("ao" if kind == "none" else "lowdin")  # as model.prior_basis defaults
     update = {"deq": v.deq, "overlap": v.overlap, "prior": kind, "prior_basis": basis}
     model = base.model.model_copy(update=update)
-    run = base.run.model_copy(update={"out": Path(out) / run_name(variant, prior)})
-    return base.model_copy(update={"model": model, "run": run})
+    deq = base.deq.model_copy(update={"feedback": v.feedback})
+    run = base.run.model_copy(
+        update={"out": Path(out) / run_name(variant, prior, seed), "seed": base.run.seed + seed}
+    )
+    return base.model_copy(update={"model": model, "deq": deq, "run": run})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,7 +170,7 @@ def _check_settings(out: Path, settings: dict) -> None:
     from deqh_core.training.config import TrainConfig, upgrade_config
 
     path = out / "ablation.json"
-    started = any(p.parent.name.partition("+")[0] in VARIANTS for p in out.glob("*/last.pt"))
+    started = any(_is_run(p.parent.name) for p in out.glob("*/last.pt"))
     if path.exists() and started:
         try:
             saved = json.loads(path.read_text())
@@ -165,6 +189,14 @@ def _check_settings(out: Path, settings: dict) -> None:
         return
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps(settings, indent=2) + "\n")  # nothing trained yet: (re)write
+
+
+def _is_run(name: str) -> bool:
+    try:
+        split_name(name)
+    except (KeyError, ValueError):
+        return False
+    return True
 
 
 def _check_data(base: TrainConfig, split: str) -> None:
@@ -218,14 +250,15 @@ def run_variant(
     split: str = "test",
     log=print,
     prior: str = "none",
+    seed: int = 0,
 ) -> EvaluationResult:
     """Train (or resume, or skip when done) one variant, then evaluate its ``best.pt``."""
     # `deqh --help` imports this module (VARIANTS): torch and the trainer load when a study runs
     from deqh_core.inference.evaluate import evaluate_checkpoint
     from deqh_core.training.trainer import Trainer
 
-    cfg = variant_config(base, variant, out, prior)
-    variant = run_name(variant, prior)
+    cfg = variant_config(base, variant, out, prior, seed)
+    variant = run_name(variant, prior, seed)
     run_dir = Path(cfg.run.out)
     done = run_dir / "eval.json"
     if done.exists():
@@ -272,14 +305,15 @@ def _load_result(path: Path) -> EvaluationResult:
 
 def finished(out: str | Path) -> dict[str, EvaluationResult]:
     """Every run of ``out`` that has its ``eval.json``, by run name: priors in
-    :data:`PRIOR_CHOICES` order, then variants in :data:`VARIANTS` order."""
+    :data:`PRIOR_CHOICES` order, then variants in :data:`VARIANTS` order, then seeds."""
     out = Path(out)
-    return {
-        run_name(v, p): _load_result(out / run_name(v, p) / "eval.json")
-        for p in PRIOR_CHOICES
-        for v in VARIANTS
-        if (out / run_name(v, p) / "eval.json").exists()
-    }
+    names = [p.parent.name for p in out.glob("*/eval.json") if _is_run(p.parent.name)]
+
+    def order(name: str) -> tuple[int, int, int]:
+        v, prior, seed = split_name(name)
+        return PRIOR_CHOICES.index(prior), list(VARIANTS).index(v.name), seed
+
+    return {name: _load_result(out / name / "eval.json") for name in sorted(names, key=order)}
 
 
 @dataclass
@@ -287,6 +321,7 @@ class AblationResult:
     results: dict[str, EvaluationResult]  # every finished run in ``out`` (:func:`finished`)
     markdown: Path
     chart: Path
+    rows: list[list[str]]  # the table (:func:`table_rows`)
 
 
 def run_ablation(
@@ -301,16 +336,17 @@ def run_ablation(
     split: str = "test",
     log=print,
     priors: list[str] | None = None,
+    seeds: int = 1,
 ) -> AblationResult:
-    """Train and evaluate the variants (all four by default), each with every prior
-    (default: none), and write the table and chart.
+    """Train and evaluate the variants (the paper's four by default), each with every prior
+    (default: none) and ``seeds`` seeds, and write the table and charts.
 
     Every run gets the same config except ``model.deq`` / ``model.overlap`` / ``model.prior``:
     the same data and split, seed, optimiser and budget (``steps`` optimiser steps and/or
     ``minutes`` of wall time, whichever ends first). Evaluation is on the recorded ``split`` of
     each run, on the config's ``run.device``; ``log`` receives one line per run.
     """
-    names = list(variants or VARIANTS)
+    names = list(variants or PAPER_VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise AblationError(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
@@ -321,52 +357,153 @@ def run_ablation(
     from deqh_core.plugins.manager import get_backbone
     from deqh_core.util.device import resolve_device
 
+    if seeds < 1:
+        raise AblationError(f"seeds must be >= 1, got {seeds}")
     out = Path(out)
     base = base_config(preset, config_file, overrides, backbone, steps, minutes)
-    get_backbone(base.model.backbone)  # an unknown backbone fails before anything is written
+    spec = get_backbone(base.model.backbone)  # an unknown backbone fails before anything is
+    full = [n for n in names if VARIANTS[n].feedback == "full"]  # written, and so does
+    if full and not spec.capabilities.reads_pairs:  # a variant it cannot run
+        raise AblationError(
+            f"backbone {spec.name!r} cannot read pair features: variant(s) {', '.join(full)} "
+            "need deq.feedback = full"
+        )
     resolve_device(base.run.device)  # and so does a device this machine does not have
     check_output_dir(out)
     _check_data(base, split)
     _check_settings(out, _settings(base, split))
-    for prior in priors:
-        for name in VARIANTS:
-            if name in names:
-                run_variant(base, name, out, split, log, prior)
+    for seed in range(seeds):
+        for prior in priors:
+            for name in VARIANTS:
+                if name in names:
+                    run_variant(base, name, out, split, log, prior, seed)
     results = finished(out)  # the table holds every finished run, of this call or earlier ones
-    markdown = write_markdown(results, base, out / "ablation.md")
+    markdown = write_markdown(results, base, out)
     chart = write_chart(results, base, out / "ablation.png")
-    return AblationResult(results, markdown, chart)
+    write_time_chart(results, base, out)
+    return AblationResult(results, markdown, chart, table_rows(results, out))
 
 
 # ----------------------------------------------------------------------------------------------
 # reporting
 
 
-def _micro(value: float) -> str:
-    return "-" if value is None or value != value else f"{value * 1e6:.2f}"
+@dataclass(frozen=True)
+class Curve:
+    """A run's validation H MAE against training wall-clock time, from its ``metrics.csv``.
+
+    Attributes:
+        minutes: ``[n_val]`` training wall time at each validation (min, across resumes).
+        mae: ``[n_val]`` validation H MAE (Hartree).
+        step_seconds: median time of one training step (s), validations excluded where the
+            log allows (``run.log_every`` below ``run.val_every``).
+    """
+
+    minutes: np.ndarray
+    mae: np.ndarray
+    step_seconds: float
+
+    def best_until(self, minutes: float) -> float:
+        """The lowest validation H MAE reached within ``minutes`` (nan if none)."""
+        within = self.mae[self.minutes <= minutes * (1 + 1e-9)]
+        return float(within.min()) if len(within) else float("nan")
 
 
-def table_rows(results: dict[str, EvaluationResult]) -> list[list[str]]:
-    """Rows of the ablation table (energies in 1e-6 Hartree, ψ in percent)."""
+def training_curve(run_dir: str | Path) -> Curve:
+    """The :class:`Curve` of a ``deqh train`` run directory."""
+    with (Path(run_dir) / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    val = [(float(r["time"]), float(r["mae_all"])) for r in rows if r["split"] == "val"]
+    val_steps = {int(r["step"]) for r in rows if r["split"] == "val"}
+    train = [(int(r["step"]), float(r["time"])) for r in rows if r["split"] == "train"]
+    if len(train) < 2:  # too few training rows logged: time between validations instead
+        train = [(int(r["step"]), float(r["time"])) for r in rows]
+    spans = [(s1, s2, t2 - t1) for (s1, t1), (s2, t2) in pairwise(train) if s2 > s1]
+    clean = [(s1, s2, dt) for s1, s2, dt in spans if not any(s1 < v <= s2 for v in val_steps)]
+    per_step = [dt / (s2 - s1) for s1, s2, dt in clean or spans]
+    times, maes = (np.array(x, dtype=float) for x in zip(*val)) if val else (np.zeros(0),) * 2
+    return Curve(times / 60, maes, float(np.median(per_step)) if per_step else float("nan"))
+
+
+@dataclass(frozen=True)
+class Group:
+    """The runs of one variant with one prior (one per seed)."""
+
+    variant: Variant
+    prior: str
+    names: list[str]
+
+    @property
+    def label(self) -> str:
+        return (
+            self.variant.label if self.prior == "none" else f"{self.variant.label} + {self.prior}"
+        )
+
+
+def grouped(results: dict[str, EvaluationResult]) -> list[Group]:
+    """The runs of ``results`` grouped by variant and prior, in the order of ``results``."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for name in results:
+        v, prior, _ = split_name(name)
+        groups.setdefault((v.name, prior), []).append(name)
+    return [Group(VARIANTS[v], prior, names) for (v, prior), names in groups.items()]
+
+
+def mean_se(values) -> tuple[float, float]:
+    """Mean and standard error (``std(ddof=1) / sqrt(n)``; nan for one value)."""
+    x = np.asarray([v for v in values if v == v], dtype=float)
+    if not len(x):
+        return float("nan"), float("nan")
+    se = float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
+    return float(x.mean()), se
+
+
+def _stat(values, scale: float = 1.0, digits: int = 2) -> str:
+    mean, se = mean_se([v * scale for v in values])
+    if mean != mean:
+        return "-"
+    return f"{mean:.{digits}f}" + (f" ± {se:.{digits}f}" if se == se else "")
+
+
+def table_rows(results: dict[str, EvaluationResult], out: str | Path) -> list[list[str]]:
+    """Rows of the ablation table, one per variant and prior: mean ± standard error over its
+    seeds (energies in 1e-6 Hartree, ψ in percent, step time in seconds); the last column is
+    the validation H MAE each reached within the training wall time of the quickest group."""
+    out = Path(out)
+    curves = {name: training_curve(out / name) for name in results}
+    groups = grouped(results)
+
+    def total(name: str) -> float:
+        return float(curves[name].minutes.max()) if len(curves[name].minutes) else float("nan")
+
+    common = min((mean_se(total(n) for n in g.names)[0] for g in groups), default=float("nan"))
     rows = []
-    for name, r in results.items():
-        (v, prior), m = split_name(name), r.summary
+    for g in groups:
+        m = [results[n].summary for n in g.names]
+
+        def col(key: str, scale: float = 1e6, digits: int = 2, m=m) -> str:
+            return _stat([x[key] for x in m if key in x], scale, digits)
+
         rows.append(
             [
-                v.label,
-                "yes" if v.deq else "no",
-                "yes" if v.overlap else "no",
-                prior,
-                str(r.step),
-                _micro(m["h_mae_all"]),
-                _micro(m["h_mae_diag"]),
-                _micro(m["h_mae_off"]),
-                _micro(m["eps_occ_mae"]),
-                _micro(m["homo_mae"]),
-                _micro(m["lumo_mae"]),
-                f"{m['psi_cos'] * 100:.2f}",
-                f"{m['deq_nstep']:.1f}" if "deq_nstep" in m else "-",
-                f"{m['deq_converged'] * 100:.0f}" if "deq_converged" in m else "-",
+                g.variant.label,
+                "yes" if g.variant.deq else "no",
+                "yes" if g.variant.overlap else "no",
+                g.variant.feedback if g.variant.deq else "-",
+                g.prior,
+                str(len(g.names)),
+                _stat([results[n].step for n in g.names], 1, 0),
+                col("h_mae_all"),
+                col("h_mae_diag"),
+                col("h_mae_off"),
+                col("eps_occ_mae"),
+                col("homo_mae"),
+                col("lumo_mae"),
+                col("psi_cos", 100),
+                col("deq_nstep", 1, 1),
+                col("deq_converged", 100, 0),
+                _stat([curves[n].step_seconds for n in g.names], 1, 3),
+                _stat([curves[n].best_until(common) for n in g.names], 1e6),
             ]
         )
     return rows
@@ -376,7 +513,9 @@ HEADER = [
     "variant",
     "DEQ",
     "S",
+    "feedback",
     "prior",
+    "seeds",
     "steps",
     "H MAE [1e-6 Ha]",
     "diag",
@@ -387,17 +526,23 @@ HEADER = [
     "ψ [%]",
     "DEQ nstep",
     "DEQ converged [%]",
+    "step [s]",
+    "val H MAE at equal time [1e-6 Ha]",
 ]
+LEFT = 5  # columns that name the run
 
 
-def write_markdown(results: dict[str, EvaluationResult], base: TrainConfig, path: Path) -> Path:
+def write_markdown(results: dict[str, EvaluationResult], base: TrainConfig, out: Path) -> Path:
     first = next(iter(results.values()), None)
+    rows = table_rows(results, out)
     lines = [
         f"# Ablation: backbone `{base.model.backbone}`",
         "",
         f"Data: {first.data if first else '-'} ({first.summary['n_molecules'] if first else 0} "
         "molecules); per-molecule MAEs averaged over molecules (QH9); ψ: mean |cosine| of "
-        "occupied orbital coefficients. Budget: "
+        "occupied orbital coefficients; mean ± standard error over the seeds. Step: median "
+        "wall time of a training step (validations excluded); the last column is each run's "
+        "best validation H MAE within the training wall time of the quickest variant. Budget: "
         + ", ".join(
             part
             for part in (
@@ -406,18 +551,58 @@ def write_markdown(results: dict[str, EvaluationResult], base: TrainConfig, path
             )
             if part
         )
-        + " per variant.",
+        + " per run.",
         "",
         "| " + " | ".join(HEADER) + " |",
-        "|" + "|".join("---" if i < 4 else "---:" for i in range(len(HEADER))) + "|",
+        "|" + "|".join("---" if i < LEFT else "---:" for i in range(len(HEADER))) + "|",
     ]
-    lines += ["| " + " | ".join(row) + " |" for row in table_rows(results)]
-    return atomic_write(path, "\n".join(lines) + "\n")
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return atomic_write(out / "ablation.md", "\n".join(lines) + "\n")
 
 
 def _label(name: str) -> str:
-    variant, prior = split_name(name)
+    variant, prior, _ = split_name(name)
     return variant.label if prior == "none" else f"{variant.label} + {prior}"
+
+
+PALETTE = {
+    "deqhnet": "#1f77b4",
+    "deqhnet-no-s": "#aec7e8",
+    "qhnet": "#ff7f0e",
+    "qhnet-s": "#ffbb78",
+    "deqhnet-full": "#2ca02c",
+}
+
+
+def write_time_chart(results: dict[str, EvaluationResult], base: TrainConfig, out: Path) -> Path:
+    """Validation H MAE (1e-6 Ha, log scale) against training wall-clock time (min), one line
+    per run, one colour per variant, dashed with a prior."""
+    from matplotlib.figure import Figure  # not pyplot: no global backend or figure state
+
+    fig = Figure(figsize=(7, 4.2))
+    ax = fig.subplots()
+    for g in grouped(results):
+        for k, name in enumerate(g.names):
+            curve = training_curve(out / name)
+            ax.plot(
+                curve.minutes,
+                curve.mae * 1e6,
+                color=PALETTE.get(g.variant.name, "#7f7f7f"),
+                linestyle="-" if g.prior == "none" else "--",
+                linewidth=1.2,
+                label=g.label if k == 0 else None,
+            )
+    ax.set_yscale("log")
+    ax.set_xlabel("training wall-clock time [min]")
+    ax.set_ylabel("validation H MAE [$10^{-6}$ Ha]")
+    ax.set_title(f"Ablation ({base.model.backbone}): error against time")
+    if results:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "ablation_time.png"
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+    return path
 
 
 def write_chart(results: dict[str, EvaluationResult], base: TrainConfig, path: Path) -> Path:
@@ -430,8 +615,7 @@ def write_chart(results: dict[str, EvaluationResult], base: TrainConfig, path: P
         ("ε MAE [$10^{-6}$ Ha]", [r.summary["eps_occ_mae"] * 1e6 for r in results.values()]),
         ("ψ similarity [%]", [r.summary["psi_cos"] * 100 for r in results.values()]),
     )
-    palette = {"deqhnet": "#1f77b4", "deqhnet-no-s": "#aec7e8", "qhnet": "#ff7f0e"}
-    colors = [palette.get(split_name(n)[0].name, "#ffbb78") for n in results]
+    colors = [PALETTE.get(split_name(n)[0].name, "#7f7f7f") for n in results]
     fig = Figure(figsize=(12, 3.8))
     axes = fig.subplots(1, 3)
     for ax, (title, values) in zip(axes, panels):

@@ -511,7 +511,9 @@ class _MetricsLog:
             writer = csv.DictWriter(f, self.FIELDS)
             writer.writeheader()
             writer.writerows(rows)
-        self.start = time.time()
+        # ``time``: seconds of training since the run began, across resumes (a resumed run goes
+        # on from the time of its last kept row)
+        self.start = time.time() - max((float(r["time"] or 0) for r in rows), default=0.0)
 
     def write(self, row: dict) -> None:
         row = {k: row.get(k, "") for k in self.FIELDS} | {
