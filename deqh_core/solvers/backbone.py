@@ -20,7 +20,8 @@ off-diagonal blocks (DEQ feedback ``"full"``)::
 ``pair_features [n_pairs, pair_irreps.dim]``, one row per ordered pair of ``batch.pair_index``,
 are the blocks ``H_ij`` in the irreps of their Clebsch-Gordan expansion
 (:class:`~deqh_core.ao.expansion.BlockExpansion`, the output heads' own change of basis, run
-backwards): equivariant, and exact (an orthogonal map of the block's entries, in Hartree).
+backwards; its irreps sorted and simplified, e.g. ``14x0e+16x1o+5x1e+...`` for def2-SVP):
+equivariant, and exact (an orthogonal map of the block's entries, in Hartree).
 """
 
 from __future__ import annotations
@@ -98,11 +99,21 @@ class ReducedSolver(torch.nn.Module):
         if n_streams:
             irreps = o3.Irreps([(mul * n_streams, ir) for mul, ir in self.reduction.irreps_out])
         self.node_irreps = irreps
-        self.expansion = BlockExpansion(layout) if reads_pairs else None
-        if self.expansion is None:
+        self.pair_irreps = None
+        if reads_pairs:
+            # the expansion's features with its irreps sorted and merged (one entry per irrep
+            # type, so a backbone's linear maps on them are one product per type): the same
+            # orthogonal change of basis with its columns permuted
+            expansion = BlockExpansion(layout)
+            order = expansion.irreps.sort()
+            slices = expansion.irreps.slices()
+            columns = torch.cat([torch.arange(slices[i].start, slices[i].stop) for i in order.inv])
+            self.register_buffer("pair_basis", expansion.q[:, columns].clone())
+            self.pair_irreps = order.irreps.simplify()
+        if self.pair_irreps is None:
             self.backbone = spec.factory(config, layout, irreps)
         else:
-            self.backbone = spec.factory(config, layout, irreps, self.expansion.irreps)
+            self.backbone = spec.factory(config, layout, irreps, self.pair_irreps)
 
     def inject(self, batch) -> Any:
         rows = self.reduction.rows(batch.z) if self.reduction is not None else None
@@ -119,8 +130,9 @@ class ReducedSolver(torch.nn.Module):
         if s_features is not None:
             features.append(s_features)
         node = _interleave(features, self.reduction.irreps_out) if features else None
-        if self.expansion is not None:
-            return self.backbone(batch, node, inner, self.expansion.inverse(h.off))
+        if self.pair_irreps is not None:
+            pairs = h.off.reshape(len(h.off), -1) @ self.pair_basis.to(h.off.dtype)
+            return self.backbone(batch, node, inner, pairs)
         return self.backbone(batch, node, inner)
 
 
