@@ -56,6 +56,7 @@ def test_a_config_of_the_previous_release_resolves_to_the_same_settings():
     resolved = yaml.safe_load(result.output)
     assert resolved.pop("version") == CONFIG_VERSION  # the keys it gains...
     assert resolved["deq"].pop("feedback") == "diagonal"  # ...with the meaning it had
+    assert resolved["deq"].pop("eval_f_tau") is None
     assert resolved == yaml.safe_load((OLD / "resolved_config.yaml").read_text())
 
 

@@ -348,6 +348,26 @@ def test_one_step_phantom_gradient_is_only_an_approximation(batch, unrolled_grad
 # failures
 
 
+def test_eval_damping_converges_an_oscillating_map_to_its_fixed_point(batch):
+    """H <- 1 - 1.5 H has the fixed point H* = 0.4 (every entry) and the eigenvalue -1.5: the
+    plain iteration oscillates away from it; damped with tau = 0.5 (eigenvalue -0.25) it
+    converges there, in eval mode only (eval_f_tau), the training solve keeping f_tau."""
+    toy = MapToy(lambda x: 1 - 1.5 * x)
+    plain = DEQConfig(f_max_iter=6, eval_f_max_iter=60, f_tol=1e-9)
+    _, undamped = DEQHamiltonianSolver(toy, plain).eval()(batch)
+    assert not undamped.converged.any()
+    damped = DEQHamiltonianSolver(toy, plain.model_copy(update={"eval_f_tau": 0.5})).eval()
+    h, diag = damped(batch)
+    assert diag.all_converged and (diag.abs_residual <= 1e-9).all()
+    real = _real(h, batch)
+    torch.testing.assert_close(real[real != 0], torch.full_like(real[real != 0], 0.4))
+    with torch.no_grad():  # a training-mode solve (no graph) is the undamped one
+        _, training = damped.train()(batch)
+    assert not training.converged.any()
+    with pytest.raises(ValueError, match="eval_f_tau"):
+        DEQConfig(f_solver="broyden", eval_f_tau=0.5)
+
+
 def test_diverging_solver_is_reported(batch):
     deq = DEQHamiltonianSolver(MapToy(lambda x: 2 * x + 1)).eval()
     _, diag = deq(batch)

@@ -148,7 +148,12 @@ class DEQConfig(BaseModel):
         core: torchdeq computational graph, ``"sliced"`` (torchdeq's default) or ``"indexing"``;
             identical for one sampled state, as here.
         f_tau: damping of the forward solver (``fixed_point_iter``, ``anderson``,
-            ``simple_fixed_point_iter``; Broyden has none).
+            ``simple_fixed_point_iter``; Broyden has none): ``H <- tau f(H) + (1 - tau) H``,
+            which has the same fixed points.
+        eval_f_tau: the damping in eval mode (default: ``f_tau``). A trained map whose
+            Jacobian has eigenvalues below -1 at some molecules' fixed points makes the plain
+            iteration oscillate there; ``tau = 0.5`` maps an eigenvalue ``lam`` to
+            ``(1 + lam) / 2`` and converges them (docs/training.md).
         anderson_m, anderson_lam: Anderson history size and regularisation.
         init: initial Hamiltonian: ``"identity"`` (paper default) or the PySCF guess
             ``"minao"`` / ``"1e"``, read from the batch (:class:`InitialGuess` puts it there).
@@ -186,6 +191,7 @@ class DEQConfig(BaseModel):
     phantom_tau: float = Field(1.0, gt=0, le=1)
     core: Literal["sliced", "indexing"] = "sliced"
     f_tau: float = Field(1.0, gt=0, le=1)
+    eval_f_tau: float | None = Field(None, gt=0, le=1)
     anderson_m: int = Field(6, ge=1)
     anderson_lam: float = Field(1e-4, gt=0)
     init: Literal["identity", "minao", "1e"] = "identity"
@@ -233,8 +239,10 @@ class DEQConfig(BaseModel):
             )
             if stray:
                 raise ValueError(f"{', '.join(stray)} only apply to f_solver='anderson'")
-        if self.f_solver == "broyden" and self.f_tau != type(self).model_fields["f_tau"].default:
-            raise ValueError("f_tau (damping) does not apply to f_solver='broyden'")
+        if self.f_solver == "broyden" and (
+            self.f_tau != type(self).model_fields["f_tau"].default or self.eval_f_tau is not None
+        ):
+            raise ValueError("f_tau / eval_f_tau (damping) do not apply to f_solver='broyden'")
         return self
 
     @classmethod
@@ -271,14 +279,18 @@ class DEQConfig(BaseModel):
         """Whether the forward solver stops every molecule on its own."""
         return self.f_solver == "fixed_point_iter"
 
-    def solver_kwargs(self, device: torch.device | None = None) -> dict[str, Any]:
-        """Per-call options of the forward solver (torchdeq's ``solver_kwargs``)."""
+    def solver_kwargs(
+        self, device: torch.device | None = None, evaluation: bool = False
+    ) -> dict[str, Any]:
+        """Per-call options of the forward solver (torchdeq's ``solver_kwargs``), in eval mode
+        with ``evaluation``."""
+        tau = self.eval_f_tau if evaluation and self.eval_f_tau is not None else self.f_tau
         if self.per_molecule:
             cuda = device is not None and torch.device(device).type == "cuda"
-            return {"tau": self.f_tau, "check_every": self.sync_every if cuda else 1}
+            return {"tau": tau, "check_every": self.sync_every if cuda else 1}
         if self.f_solver == "broyden":
             return {}
-        kwargs: dict[str, Any] = {"tau": self.f_tau}
+        kwargs: dict[str, Any] = {"tau": tau}
         if self.f_solver == "anderson":
             kwargs.update(m=self.anderson_m, lam=self.anderson_lam)
         return kwargs
@@ -547,7 +559,7 @@ class DEQHamiltonianSolver(nn.Module):
         z0 = state.pack(h0)
 
         train_graph = self.training and torch.is_grad_enabled()
-        solver_kwargs = config.solver_kwargs(z0.device)
+        solver_kwargs = config.solver_kwargs(z0.device, evaluation=not self.training)
         if self.training and not train_graph:
             solver_kwargs["f_max_iter"] = config.f_max_iter  # solve as in training, no graph
         was_training = self.deq.training
