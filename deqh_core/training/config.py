@@ -276,8 +276,8 @@ PRESETS: dict[str, dict] = {
             "batch_size": 8,
         },
         "model": {"params": _CPU_QHNET},
-        # evaluation damped: with the minao prior the plain iteration oscillated for 3 of the 70
-        # validation molecules at any iteration limit (95.7 % converged at 40 and at 100
+        # evaluation damped: with the minao prior the plain iteration oscillates for 2 of the 70
+        # validation molecules at any iteration limit (97.1 % converged at 40 and at 100
         # evaluations); tau = 0.5 converges all 70, same H MAE (docs/training.md)
         "deq": {**_CPU_DEQ, "eval_f_tau": 0.5},
         "optim": {"lr": 2e-3, "max_steps": 6000, "warmup_steps": 100},
