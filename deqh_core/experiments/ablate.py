@@ -378,10 +378,11 @@ def run_ablation(
                 if name in names:
                     run_variant(base, name, out, split, log, prior, seed)
     results = finished(out)  # the table holds every finished run, of this call or earlier ones
-    markdown = write_markdown(results, base, out)
+    rows = table_rows(results, out)
+    markdown = write_markdown(results, rows, base, out)
     chart = write_chart(results, base, out / "ablation.png")
     write_time_chart(results, base, out)
-    return AblationResult(results, markdown, chart, table_rows(results, out))
+    return AblationResult(results, markdown, chart, rows)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -532,9 +533,11 @@ HEADER = [
 LEFT = 5  # columns that name the run
 
 
-def write_markdown(results: dict[str, EvaluationResult], base: TrainConfig, out: Path) -> Path:
+def write_markdown(
+    results: dict[str, EvaluationResult], rows: list[list[str]], base: TrainConfig, out: Path
+) -> Path:
+    """``out/ablation.md``: the settings and the table ``rows`` (:func:`table_rows`)."""
     first = next(iter(results.values()), None)
-    rows = table_rows(results, out)
     lines = [
         f"# Ablation: backbone `{base.model.backbone}`",
         "",
