@@ -13,16 +13,17 @@ from e3nn.util.test import assert_equivariant
 
 from deqh_backbones.qhnet.attention import TransBlock
 from deqh_backbones.qhnet.conv import ConvNetLayer, natural_irreps
-from deqh_backbones.qhnet.interaction import PairNetLayer, SelfNetLayer, interaction_irreps
-from deqh_backbones.qhnet.radial import ExponentialBernstein
+from deqh_backbones.qhnet.interaction import PairNetLayer, SelfNetLayer
 from deqh_core import ops
 from deqh_core.ops import (
     ChannelTensorProduct,
     EquivariantLayerNorm,
     EquivariantLinear,
+    ExponentialBernstein,
     NormGate,
     ScalarGate,
     SphericalTensorProduct,
+    interaction_irreps,
 )
 from deqh_core.ops.backends import OpsError
 

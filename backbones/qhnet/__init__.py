@@ -2,11 +2,11 @@
 backbone: ``--backbone qhnet`` is the predictor, ``--overlap`` adds the overlap's features and
 ``--deq`` the Hamiltonian's, run to their fixed point.
 
-Modules: :mod:`~.config` (hyperparameters), :mod:`~.radial` (exponential-Bernstein basis),
-:mod:`~.conv` (ConvNetLayer, the structure stream), :mod:`~.interaction` (node-wise and
-pair-wise layers), :mod:`~.attention` (TransBlock), :mod:`~.filter` (the DEQHNet filter),
-:mod:`~.heads` (tensor-expansion heads), :mod:`~.model` (the backbone). The equivariant ops
-(tensor products, linear layers, gates, layer norm) come from :mod:`deqh_core.ops`, computed by
+Modules: :mod:`~.config` (hyperparameters), :mod:`~.conv` (ConvNetLayer, the structure
+stream), :mod:`~.interaction` (node-wise and pair-wise layers), :mod:`~.attention`
+(TransBlock), :mod:`~.filter` (the DEQHNet filter), :mod:`~.model` (the backbone). The
+equivariant ops (tensor products, linear layers, gates, layer norm, the exponential-Bernstein
+radial basis, the tensor-expansion heads) come from :mod:`deqh_core.ops`, computed by
 the backend that the config's ``ops`` field picks (fused, e3nn or cuEquivariance; same weights).
 
 Where this differs from the public QHNet / DEQHNet code, and why:

@@ -18,15 +18,6 @@ from deqh_backbones.qhnet.conv import shifted_softplus
 from deqh_core.plugins import Channels, ChannelTensorProduct, EquivariantLinear, NormGate
 
 
-def interaction_irreps(hidden: o3.Irreps, needed: o3.Irreps, channels: int) -> o3.Irreps:
-    """``hidden`` followed by ``channels x ir`` for every irrep type of ``needed`` that
-    ``hidden`` lacks but ``hidden ⊗ hidden`` reaches (sorted), so that ``hidden`` is a prefix."""
-    have = {ir for _, ir in hidden}
-    reachable = {ir for _, a in hidden for _, b in hidden for ir in a * b}
-    extra = sorted(({ir for _, ir in needed} - have) & reachable)
-    return o3.Irreps(list(hidden) + [(channels, ir) for ir in extra])
-
-
 class SelfNetLayer(nn.Module):
     """On-site features: ``Lin(gate(x)) ⊗ Lin(gate(x))`` (shared weights), plus ``x``, then
     gate and linear; added to the previous layer's on-site features.

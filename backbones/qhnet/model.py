@@ -34,16 +34,17 @@ from torch import nn
 from deqh_backbones.qhnet.config import QHNetConfig
 from deqh_backbones.qhnet.conv import ConvNetLayer, natural_irreps
 from deqh_backbones.qhnet.filter import DEQHNetFilter, FilterInjection
-from deqh_backbones.qhnet.heads import ExpansionHead
-from deqh_backbones.qhnet.interaction import PairNetLayer, SelfNetLayer, interaction_irreps
-from deqh_backbones.qhnet.radial import ExponentialBernstein
+from deqh_backbones.qhnet.interaction import PairNetLayer, SelfNetLayer
 from deqh_core.plugins import (
     AOLayout,
     BackboneError,
     BlockExpansion,
     Blocks,
     EquivariantLinear,
+    ExpansionHead,
+    ExponentialBernstein,
     edge_vectors,
+    interaction_irreps,
     symmetrize,
     use_backend,
 )

@@ -9,6 +9,9 @@ another and gives the same outputs to float tolerance):
 * :mod:`~.linear` -- :class:`EquivariantLinear`;
 * :mod:`~.gate` -- :class:`ScalarGate` (e3nn's ``Gate``), :class:`NormGate` (QHNet's);
 * :mod:`~.norm` -- :class:`EquivariantLayerNorm`;
+* :mod:`~.radial` -- :class:`ExponentialBernstein` (radial basis with a smooth cutoff);
+* :mod:`~.heads` -- :class:`ExpansionHead` (features -> AO blocks, element-conditioned),
+  :func:`interaction_irreps` (the irreps a head needs from products of hidden features);
 * :mod:`~.channels` -- index tables for per-channel operations (no backends);
 * :mod:`~.backends` -- the backends (``fused``, ``e3nn``, ``cueq``, ``auto``), how ``auto``
   resolves, and :func:`use_backend` to switch a whole model.
@@ -30,8 +33,10 @@ from deqh_core.ops.backends import (
 )
 from deqh_core.ops.channels import Channels
 from deqh_core.ops.gate import NormGate, ScalarGate
+from deqh_core.ops.heads import ExpansionHead, interaction_irreps
 from deqh_core.ops.linear import EquivariantLinear
 from deqh_core.ops.norm import EquivariantLayerNorm
+from deqh_core.ops.radial import ExponentialBernstein
 from deqh_core.ops.tensor_product import ChannelTensorProduct, SphericalTensorProduct
 
 __all__ = [
@@ -41,6 +46,8 @@ __all__ = [
     "EquivariantLayerNorm",
     "EquivariantLinear",
     "EquivariantOp",
+    "ExpansionHead",
+    "ExponentialBernstein",
     "NormGate",
     "OpsBackend",
     "OpsError",
@@ -49,6 +56,7 @@ __all__ = [
     "active_backends",
     "cueq_available",
     "cueq_kernels",
+    "interaction_irreps",
     "resolve",
     "use_backend",
 ]

@@ -1,4 +1,4 @@
-"""Radial basis of QHNet: exponential Bernstein polynomials times a smooth cutoff."""
+"""Radial basis of QHNet and SPHNet: exponential Bernstein polynomials times a smooth cutoff."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Output heads: interaction features -> AO blocks by tensor expansion (paper eq. 14, Fig. 2f-g).
+"""Output heads: equivariant features -> AO blocks by tensor expansion (DEQHNet paper eq. 14).
 
 As in QHNet, the map from the bottleneck features to the expansion coefficients is a linear
 layer whose weights (and scalar biases) are produced from the elements involved: the atom's
@@ -13,7 +13,17 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from deqh_core.plugins import BlockExpansion, EquivariantLinear
+from deqh_core.ao.expansion import BlockExpansion
+from deqh_core.ops.linear import EquivariantLinear
+
+
+def interaction_irreps(hidden: o3.Irreps, needed: o3.Irreps, channels: int) -> o3.Irreps:
+    """``hidden`` followed by ``channels x ir`` for every irrep type of ``needed`` that
+    ``hidden`` lacks but ``hidden ⊗ hidden`` reaches (sorted), so that ``hidden`` is a prefix."""
+    have = {ir for _, ir in hidden}
+    reachable = {ir for _, a in hidden for _, b in hidden for ir in a * b}
+    extra = sorted(({ir for _, ir in needed} - have) & reachable)
+    return o3.Irreps(list(hidden) + [(channels, ir) for ir in extra])
 
 
 class ExpansionHead(nn.Module):
