@@ -42,9 +42,9 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-@pytest.fixture(scope="session")
-def example_plugin(tmp_path_factory):
-    """``pip install ./plugins/deqh-example`` into a private target dir on sys.path."""
+def _installed(tmp_path_factory, folder: str, module: str):
+    """``pip install ./plugins/<folder>`` into a private target dir on sys.path, as a user
+    installs a plugin; removed again after the session."""
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
         [
@@ -57,7 +57,7 @@ def example_plugin(tmp_path_factory):
             "--no-build-isolation",
             "--target",
             str(target),
-            str(ROOT / "plugins" / "deqh-example"),
+            str(ROOT / "plugins" / folder),
         ],
         check=True,
     )
@@ -67,6 +67,18 @@ def example_plugin(tmp_path_factory):
     plugins.reload_plugins()
     yield target
     sys.path.remove(str(target))
-    for name in [m for m in sys.modules if m.startswith("deqh_example")]:
+    for name in [m for m in sys.modules if m.startswith(module)]:
         del sys.modules[name]
     plugins.reload_plugins()
+
+
+@pytest.fixture(scope="session")
+def example_plugin(tmp_path_factory):
+    """``pip install ./plugins/deqh-example`` (the backbone ``tfn-mini``)."""
+    yield from _installed(tmp_path_factory, "deqh-example", "deqh_example")
+
+
+@pytest.fixture(scope="session")
+def sphnet_plugin(tmp_path_factory):
+    """``pip install ./plugins/deqh-sphnet`` (the backbone ``sphnet``)."""
+    yield from _installed(tmp_path_factory, "deqh-sphnet", "deqh_sphnet")

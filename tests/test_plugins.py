@@ -226,10 +226,11 @@ def _deqh_imports(path: Path) -> set[str]:
     return found
 
 
-def test_builtin_and_example_backbones_import_deqh_only_through_the_plugin_face():
+def test_builtin_and_plugin_backbones_import_deqh_only_through_the_plugin_face():
     root = Path(__file__).resolve().parents[1]
     files = [*(root / "backbones").rglob("*.py"), *(root / "plugins").glob("*.py")]
     files += (root / "plugins" / "deqh-example" / "deqh_example").rglob("*.py")
+    files += (root / "plugins" / "deqh-sphnet" / "deqh_sphnet").rglob("*.py")
     assert len(files) > 10
     used = {str(p.relative_to(root)): _deqh_imports(p) for p in files}
     assert {m for modules in used.values() for m in modules} == {"deqh_core.plugins"}, used

@@ -416,10 +416,22 @@ class ChannelTensorProduct(EquivariantOp):
         self.legacy_buffers = tuple(f"cg_{i}_{j}" for i, j in dict.fromkeys(p[:2] for p in paths))
 
     def forward(
-        self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor | None = None
+        self,
+        x1: torch.Tensor,
+        x2: torch.Tensor,
+        weight: torch.Tensor | None = None,
+        paths: tuple[int, ...] | None = None,
     ) -> torch.Tensor:
-        """``x1, x2 [B, irreps_in.dim]`` -> ``[B, irreps_out.dim]``."""
-        return self.kernel(x1)(x1, x2, self.weight if self.weight is not None else weight)
+        """``x1, x2 [B, irreps_in.dim]`` -> ``[B, irreps_out.dim]``.
+
+        ``paths``: the only paths whose weights may be nonzero (a sparse selection, e.g.
+        SPHNet's); the ``fused`` kernel computes just those, the others compute every path
+        (the zero weights give the same result)."""
+        kernel = self.kernel(x1)
+        weight = self.weight if self.weight is not None else weight
+        if paths is not None and isinstance(kernel, FusedChannelTP):
+            return kernel(x1, x2, weight, paths)
+        return kernel(x1, x2, weight)
 
 
 def _fan_in(irreps_in: o3.Irreps, types: list[o3.Irrep]) -> dict[o3.Irrep, int]:
@@ -461,21 +473,34 @@ class FusedChannelTP(nn.Module):
                 self.pairs.append((i, ir1.dim, j, ir2.dim, name, paths))
         self.n_paths = n_paths
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x1: torch.Tensor,
+        x2: torch.Tensor,
+        weight: torch.Tensor,
+        active: tuple[int, ...] | None = None,
+    ) -> torch.Tensor:
         n, c = x1.shape[0], self.mul
         x1s, x2s = torch.split(x1, self.in_sizes, dim=1), torch.split(x2, self.in_sizes, dim=1)
-        w = weight if self.shared_weights else weight.view(n, c, self.n_paths)
+        w = weight if self.shared_weights else weight.reshape(n, c, self.n_paths)
         ws = [v.unsqueeze(-1) for v in w.unbind(-1)]
         out: list[torch.Tensor | None] = [None] * len(self.types)
+        keep = None if active is None else set(active)
         for i, d1, j, d2, name, paths in self.pairs:
+            if keep is not None and not any(p in keep for _, _, p in paths):
+                continue  # a sparse selection: none of this pair's paths is computed
             outer = x1s[i].view(n, c, d1, 1) * x2s[j].view(n, c, 1, d2)
             z = torch.matmul(outer.view(n, c, d1 * d2), getattr(self, name))
             parts = torch.split(z, [dim for dim, _, _ in paths], dim=-1) if len(paths) > 1 else [z]
             for part, (_, t, p) in zip(parts, paths):
+                if keep is not None and p not in keep:
+                    continue
                 if out[t] is None:
                     out[t] = part * ws[p]
                 else:  # in place: the sum's old value is not needed for the gradient
                     out[t].addcmul_(part, ws[p])
+        dims = [ir.dim for ir in self.types]
+        out = [x1.new_zeros(n, c, d) if o is None else o for o, d in zip(out, dims)]
         return torch.cat([o.flatten(1) for o in out], dim=1)  # flatten: n may be 0
 
 

@@ -8,7 +8,8 @@
   :mod:`~.hookspecs` (``deqh_backbones``, ``deqh_register_commands``)
 * registering -- ``BackboneSpec``, ``Capabilities``, ``BackboneError``; ``get_backbone`` and
   ``backbones`` look them up (:mod:`~.manager`, the one plugin manager)
-* the contract -- ``HamiltonianSolver``, ``Blocks``: what a backbone returns
+* the contract -- ``HamiltonianSolver``, ``Blocks``: what a backbone returns;
+  ``StepScheduled``: a module that follows the training step
 * AO matrices -- ``AOLayout``, ``BlockExpansion`` (features → blocks), ``symmetrize``
 * geometry -- ``radius_edges``, ``edge_vectors`` (model frame)
 * equivariant ops -- everything of :mod:`deqh_core.ops`, one weight layout for every backend
@@ -45,7 +46,7 @@ from deqh_core.plugins.hookspecs import hookimpl
 from deqh_core.plugins.manager import backbones, get_backbone
 from deqh_core.plugins.testing import BackboneCheckError, CheckResult, check_backbone
 from deqh_core.solvers.backbone import BackboneError, BackboneSpec
-from deqh_core.solvers.protocol import Blocks, Capabilities, HamiltonianSolver
+from deqh_core.solvers.protocol import Blocks, Capabilities, HamiltonianSolver, StepScheduled
 
 __all__ = [
     "BACKENDS",
@@ -70,6 +71,7 @@ __all__ = [
     "OpsError",
     "ScalarGate",
     "SphericalTensorProduct",
+    "StepScheduled",
     "backbones",
     "check_backbone",
     "edge_vectors",

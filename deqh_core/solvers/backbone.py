@@ -27,7 +27,7 @@ equivariant, and exact (an orthogonal map of the block's entries, in Hartree).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -56,6 +56,9 @@ class BackboneSpec:
         factory: ``factory(config, layout, node_irreps) -> backbone`` (see module doc).
         capabilities: whether it accepts node features, hence can read H (DEQ) and S, and
             pair features (DEQ feedback ``"full"``).
+        presets: its hyperparameters for deqh's CPU-sized presets (``{"qh9-small": {...}}``):
+            a preset that sizes the model (``cpu-small``, ``qh9-small``) uses these with this
+            backbone instead of the preset's QHNet ones.
     """
 
     name: str
@@ -63,6 +66,7 @@ class BackboneSpec:
     config: type[BaseModel]
     factory: Callable[[BaseModel, AOLayout, o3.Irreps | None], torch.nn.Module]
     capabilities: Capabilities = Capabilities(reads_h=True, reads_s=True)  # noqa: RUF009 (frozen)
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class ReducedSolver(torch.nn.Module):

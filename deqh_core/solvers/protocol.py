@@ -60,3 +60,19 @@ class HamiltonianSolver(Protocol):
     def __call__(self, batch, h: Blocks | None, injection: Any) -> Blocks:
         """Next Hamiltonian of ``batch`` in block form; exactly symmetric."""
         ...
+
+
+@runtime_checkable
+class StepScheduled(Protocol):
+    """A module whose behaviour follows the training schedule (e.g. SPHNet's sparsity gates:
+    random, then learned, then frozen selections). The trainer calls ``training_step`` on every
+    such module of the model before each optimisation step, also right after a resume.
+
+    State the schedule decides (a frozen selection, the phase) belongs in buffers: checkpoints
+    then carry it, a resume is exact and evaluation uses it; the trainer copies buffers (never
+    averages them) into the EMA model after each step.
+    """
+
+    def training_step(self, step: int, max_steps: int) -> None:
+        """Set the module up for optimisation step ``step`` (0-based) of ``max_steps``."""
+        ...

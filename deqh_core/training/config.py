@@ -326,17 +326,39 @@ def parse_override(text: str) -> dict:
 _SECTIONS = {k for k, f in TrainConfig.model_fields.items() if isinstance(f.default, BaseModel)}
 
 
+def _preset_for(preset: str, sources: list[dict]) -> dict:
+    """``PRESETS[preset]``, its model sized for the backbone the sources choose: a preset's
+    ``model.params`` are QHNet's; another backbone brings its own (``BackboneSpec.presets``)."""
+    values = PRESETS[preset]
+    params = values.get("model", {}).get("params")
+    backbone = values.get("model", {}).get("backbone", "qhnet")
+    for update in sources:
+        model = update.get("model")
+        if isinstance(model, dict) and isinstance(model.get("backbone"), str):
+            backbone = model["backbone"]
+    if params is None or backbone == values.get("model", {}).get("backbone", "qhnet"):
+        return values
+    spec = get_backbone(backbone)
+    if preset not in spec.presets:
+        raise ConfigError(
+            f"preset {preset!r} sizes QHNet, and backbone {backbone!r} has no size for it "
+            f"(its presets: {', '.join(spec.presets) or 'none'}); choose its size with "
+            "--set model.params=... or a config file"
+        )
+    return {**values, "model": {**values["model"], "params": dict(spec.presets[preset])}}
+
+
 def load_config(
     preset: str | None = None, file: str | Path | None = None, *overrides: dict
 ) -> TrainConfig:
     """Preset, then file, then overrides (later wins), validated; errors name the field."""
     values: dict = {}
+    where = f" in {file}" if file else ""
+    sources = ([read_settings(file)] if file is not None else []) + list(overrides)
     if preset is not None:
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-        values = _merge(values, PRESETS[preset])
-    where = f" in {file}" if file else ""
-    sources = ([read_settings(file)] if file is not None else []) + list(overrides)
+        values = _merge(values, _preset_for(preset, sources))
     for update in sources:
         for key in _SECTIONS & set(update):  # merged over a preset, a non-mapping erases it
             if not isinstance(update[key], dict):

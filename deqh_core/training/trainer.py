@@ -43,6 +43,7 @@ from deqh_core.data.splits import (
 )
 from deqh_core.solvers.deq import DEQFailure, DEQHamiltonianSolver, nonfinite_message
 from deqh_core.solvers.prior import InitialGuess, PriorCache
+from deqh_core.solvers.protocol import StepScheduled
 from deqh_core.training.checkpoint import (
     FORMAT,
     CheckpointError,
@@ -238,6 +239,8 @@ class Trainer:
             if o.ema
             else None
         )
+        # modules whose behaviour follows the step (a backbone's sparsity schedule, ...)
+        self.scheduled = [m for m in self.model.modules() if isinstance(m, StepScheduled)]
         self.step = 0
         self.best: dict[str, float] = {}
         self.out = Path(config.run.out)
@@ -399,6 +402,8 @@ class Trainer:
                 if self.step >= end:
                     break
                 batch = to_device(batch, self.device, self.dtype)
+                for module in self.scheduled:
+                    module.training_step(self.step, cfg.optim.max_steps)
                 pred, diagnostics = self.net(batch)
                 loss = training_loss(pred, diagnostics, batch, cfg.deq.residual_weight)
                 # decided together: one rank stopping alone would leave the others waiting
@@ -436,6 +441,9 @@ class Trainer:
                 self.step += 1
                 if self.ema is not None and self.step > cfg.optim.ema_start_step:
                     self.ema.update_parameters(self.model)
+                if self.ema is not None:  # buffers (a frozen selection, ...) follow, unaveraged
+                    for kept, current in zip(self.ema.module.buffers(), self.model.buffers()):
+                        kept.copy_(current)
                 if lead and self.step % cfg.run.log_every == 0:
                     row = {
                         "step": self.step,
