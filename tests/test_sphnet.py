@@ -177,3 +177,30 @@ def test_cpu_presets_size_sphnet_and_refuse_a_backbone_without_a_size(
     assert load_config("qh9-small").model.params["channels"] == 16  # QHNet's stays
     with pytest.raises(ConfigError, match="no size for it"):
         load_config("cpu-small", None, {"model": {"backbone": "tfn-mini"}})
+
+
+def test_ablate_two_backbones_into_one_table(sphnet_plugin, tmp_path):
+    """deqh ablate --backbone qhnet --backbone sphnet: each backbone's variants in its own
+    folder, sized by the preset for each, one table and chart for all."""
+    from typer.testing import CliRunner
+
+    from deqh_core.cli import app
+
+    out = tmp_path / "study"
+    settings = ["data.sizes=12/4/4", "data.batch_size=4", "deq.f_max_iter=2", "run.val_every=1"]
+    result = CliRunner().invoke(
+        app,
+        ["ablate", "--backbone", "qhnet", "--backbone", "sphnet", "--preset", "cpu-small",
+         "--out", str(out), "--no-progress", "--steps", "2", "--device", "cpu",
+         "--variant", "qhnet", "--variant", "deqhnet",
+         *[a for s in settings for a in ("--set", s)]],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    runs = {p.parent.relative_to(out).as_posix() for p in out.glob("*/*/eval.json")}
+    assert runs == {"qhnet/qhnet", "qhnet/deqhnet", "sphnet/qhnet", "sphnet/deqhnet"}
+    config = load_checkpoint(out / "sphnet" / "deqhnet" / "best.pt")["config"]["model"]
+    assert config["backbone"] == "sphnet" and config["params"]["vector_layers"] == 2
+    table = (out / "ablation.md").read_text()
+    for label in ("| DEQHNet |", "| QHNet |", "| DEQ sphnet |", "| sphnet |"):
+        assert label in table
+    assert (out / "ablation_time.png").read_bytes()[:4] == b"\x89PNG"

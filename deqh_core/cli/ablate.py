@@ -24,7 +24,13 @@ def ablate_command(
     config: Annotated[
         Path | None, typer.Option("--config", help="YAML/TOML config file.", dir_okay=False)
     ] = None,
-    backbone: Annotated[str, typer.Option(help="Registered backbone (deqh backbones).")] = "qhnet",
+    backbone: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Registered backbone (deqh backbones); repeatable: every backbone's variants "
+            "in one table (default: qhnet)."
+        ),
+    ] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Optimiser steps per variant.")] = None,
     minutes: Annotated[
         float | None, typer.Option(min=0.0, help="Wall-time budget per variant, minutes.")
@@ -83,7 +89,7 @@ def ablate_command(
         preset,
         config,
         [*overrides, extra],
-        backbone,
+        backbone or ["qhnet"],
         steps,
         minutes,
         out,
@@ -93,7 +99,7 @@ def ablate_command(
         priors=prior,
         seeds=seeds,
     )
-    table = Table(title=f"deqh ablate: {backbone}")
+    table = Table(title=f"deqh ablate: {', '.join(backbone or ['qhnet'])}")
     for k, column in enumerate(HEADER):
         table.add_column(column, justify="left" if k < LEFT else "right")
     for row in result.rows:

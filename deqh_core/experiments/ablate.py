@@ -22,6 +22,12 @@ With ``--prior 1e`` / ``--prior minao`` (repeatable, with ``none``; the correcti
 Löwdin basis, or ``minao-ao`` for the AO basis) every variant is also trained on top of that prior
 Hamiltonian (:mod:`deqh_core.solvers.prior`), as run ``<variant>+<prior>``.
 
+With several backbones (``backbones=["qhnet", "sphnet"]``, ``deqh ablate --backbone qhnet
+--backbone sphnet``) every backbone's runs go to ``out/<backbone>/`` (its own settings file) and
+one table and chart at ``out/`` hold them all, labelled by backbone (``DEQ sphnet``, ``sphnet w/
+S``, ...; QHNet's keep the paper's names). A CPU preset sizes each backbone with its own
+hyperparameters (``BackboneSpec.presets``).
+
 Layout of ``--out`` (default ``runs/ablation``)::
 
     ablation.json     the settings the ablation was started with (a rerun must match them)
@@ -69,6 +75,16 @@ class Variant:
     overlap: bool
     feedback: str = "diagonal"  # deq.feedback
 
+    def label_for(self, backbone: str | None) -> str:
+        """The name of this variant of ``backbone``: the paper's for QHNet (or no backbone
+        given), else e.g. ``DEQ sphnet``, ``sphnet w/ S``, ``DEQ sphnet full``."""
+        if backbone in (None, "qhnet"):
+            return self.label
+        name = f"DEQ {backbone}" if self.deq else backbone
+        if self.overlap != self.deq:
+            name += " w/ S" if self.overlap else " w/o S"
+        return name + (" full" if self.feedback == "full" else "")
+
 
 VARIANTS: dict[str, Variant] = {
     v.name: v
@@ -112,26 +128,34 @@ def base_config(
 PRIOR_CHOICES = ("none", "1e", "minao", "1e-ao", "minao-ao")
 
 
-def run_name(variant: str, prior: str = "none", seed: int = 0) -> str:
+def run_name(variant: str, prior: str = "none", seed: int = 0, backbone: str | None = None) -> str:
     """The run directory name of ``variant`` with ``prior`` (one of :data:`PRIOR_CHOICES`) and
     the ``seed``-th extra seed: ``qhnet``, ``qhnet+minao``, ``qhnet+minao-ao``,
-    ``qhnet+minao.seed2``."""
+    ``qhnet+minao.seed2``; in a study of several backbones under the backbone's folder
+    (``sphnet/qhnet+minao``)."""
     name = variant if prior == "none" else f"{variant}+{prior}"
-    return f"{name}.seed{seed}" if seed else name
+    name = f"{name}.seed{seed}" if seed else name
+    return f"{backbone}/{name}" if backbone else name
 
 
 def split_name(name: str) -> tuple[Variant, str, int]:
     """Inverse of :func:`run_name`: the variant, the prior and the seed index."""
+    name = name.rpartition("/")[2]
     name, _, seed = name.partition(".seed")
     variant, _, prior = name.partition("+")
     return VARIANTS[variant], prior or "none", int(seed or 0)
+
+
+def backbone_of(name: str) -> str | None:
+    """The backbone folder of a run name of a several-backbone study, else None."""
+    return name.rpartition("/")[0] or None
 
 
 def variant_config(
     base: TrainConfig, variant: str, out: str | Path, prior: str = "none", seed: int = 0
 ) -> TrainConfig:
     """``base`` as ``variant`` with ``prior`` and seed ``run.seed + seed``, training into
-    ``out/<run name>``."""
+    ``out/<run name>`` (``out`` is the backbone's folder in a several-backbone study)."""
     v = VARIANTS[variant]
     kind, _, basis = prior.partition("-")
     basis = basis or ("ao" if kind == "none" else "lowdin")  # as model.prior_basis defaults
@@ -196,7 +220,7 @@ def _is_run(name: str) -> bool:
         split_name(name)
     except (KeyError, ValueError):
         return False
-    return True
+    return name.count("/") <= 1
 
 
 def _check_data(base: TrainConfig, split: str) -> None:
@@ -307,11 +331,15 @@ def finished(out: str | Path) -> dict[str, EvaluationResult]:
     """Every run of ``out`` that has its ``eval.json``, by run name: priors in
     :data:`PRIOR_CHOICES` order, then variants in :data:`VARIANTS` order, then seeds."""
     out = Path(out)
-    names = [p.parent.name for p in out.glob("*/eval.json") if _is_run(p.parent.name)]
+    found = [*out.glob("*/eval.json"), *out.glob("*/*/eval.json")]
+    names = [p.parent.relative_to(out).as_posix() for p in found]
+    names = [n for n in names if _is_run(n)]
+    backbones = list(dict.fromkeys(backbone_of(n) for n in sorted(names)))
 
-    def order(name: str) -> tuple[int, int, int]:
+    def order(name: str) -> tuple[int, int, int, int]:
         v, prior, seed = split_name(name)
-        return PRIOR_CHOICES.index(prior), list(VARIANTS).index(v.name), seed
+        first = backbones.index(backbone_of(name))
+        return first, PRIOR_CHOICES.index(prior), list(VARIANTS).index(v.name), seed
 
     return {name: _load_result(out / name / "eval.json") for name in sorted(names, key=order)}
 
@@ -328,7 +356,7 @@ def run_ablation(
     preset: str | None = None,
     config_file: str | Path | None = None,
     overrides: list[dict] | tuple[dict, ...] = (),
-    backbone: str = "qhnet",
+    backbone: str | list[str] = "qhnet",
     steps: int | None = None,
     minutes: float | None = None,
     out: str | Path = "runs/ablation",
@@ -338,13 +366,15 @@ def run_ablation(
     priors: list[str] | None = None,
     seeds: int = 1,
 ) -> AblationResult:
-    """Train and evaluate the variants (the paper's four by default), each with every prior
-    (default: none) and ``seeds`` seeds, and write the table and charts.
+    """Train and evaluate the variants (the paper's four by default) of each ``backbone`` (one
+    name or several), each with every prior (default: none) and ``seeds`` seeds, and write the
+    table and charts.
 
-    Every run gets the same config except ``model.deq`` / ``model.overlap`` / ``model.prior``:
-    the same data and split, seed, optimiser and budget (``steps`` optimiser steps and/or
-    ``minutes`` of wall time, whichever ends first). Evaluation is on the recorded ``split`` of
-    each run, on the config's ``run.device``; ``log`` receives one line per run.
+    Every run gets the same config except ``model.deq`` / ``model.overlap`` / ``model.prior``
+    (and the backbone with its preset size): the same data and split, seed, optimiser and budget
+    (``steps`` optimiser steps and/or ``minutes`` of wall time, whichever ends first).
+    Evaluation is on the recorded ``split`` of each run, on the config's ``run.device``; ``log``
+    receives one line per run.
     """
     names = list(variants or PAPER_VARIANTS)
     unknown = [n for n in names if n not in VARIANTS]
@@ -360,28 +390,36 @@ def run_ablation(
     if seeds < 1:
         raise AblationError(f"seeds must be >= 1, got {seeds}")
     out = Path(out)
-    base = base_config(preset, config_file, overrides, backbone, steps, minutes)
-    spec = get_backbone(base.model.backbone)  # an unknown backbone fails before anything is
-    full = [n for n in names if VARIANTS[n].feedback == "full"]  # written, and so does
-    if full and not spec.capabilities.reads_pairs:  # a variant it cannot run
-        raise AblationError(
-            f"backbone {spec.name!r} cannot read pair features: variant(s) {', '.join(full)} "
-            "need deq.feedback = full"
-        )
-    resolve_device(base.run.device)  # and so does a device this machine does not have
+    chosen = [backbone] if isinstance(backbone, str) else list(dict.fromkeys(backbone))
+    if not chosen:
+        raise AblationError("no backbone given")
+    bases = {b: base_config(preset, config_file, overrides, b, steps, minutes) for b in chosen}
+    folders = {b: out / b if len(chosen) > 1 else out for b in chosen}
+    full = [n for n in names if VARIANTS[n].feedback == "full"]
+    for base in bases.values():  # an unknown backbone fails before anything is written, and
+        spec = get_backbone(base.model.backbone)  # so does a variant it cannot run
+        if full and not spec.capabilities.reads_pairs:
+            raise AblationError(
+                f"backbone {spec.name!r} cannot read pair features: variant(s) "
+                f"{', '.join(full)} need deq.feedback = full"
+            )
+    first = bases[chosen[0]]
+    resolve_device(first.run.device)  # and so does a device this machine does not have
     check_output_dir(out)
-    _check_data(base, split)
-    _check_settings(out, _settings(base, split))
+    _check_data(first, split)
+    for b, base in bases.items():
+        _check_settings(folders[b], _settings(base, split))
     for seed in range(seeds):
         for prior in priors:
-            for name in VARIANTS:
-                if name in names:
-                    run_variant(base, name, out, split, log, prior, seed)
+            for b, base in bases.items():
+                for name in VARIANTS:
+                    if name in names:
+                        run_variant(base, name, folders[b], split, log, prior, seed)
     results = finished(out)  # the table holds every finished run, of this call or earlier ones
     rows = table_rows(results, out)
-    markdown = write_markdown(results, rows, base, out)
-    chart = write_chart(results, base, out / "ablation.png")
-    write_time_chart(results, base, out)
+    markdown = write_markdown(results, rows, first, out)
+    chart = write_chart(results, first, out / "ablation.png")
+    write_time_chart(results, first, out)
     return AblationResult(results, markdown, chart, rows)
 
 
@@ -433,21 +471,25 @@ class Group:
     variant: Variant
     prior: str
     names: list[str]
+    backbone: str | None = None  # in a several-backbone study
+
+    @property
+    def name(self) -> str:
+        """The variant's name with its backbone (:meth:`Variant.label_for`)."""
+        return self.variant.label_for(self.backbone)
 
     @property
     def label(self) -> str:
-        return (
-            self.variant.label if self.prior == "none" else f"{self.variant.label} + {self.prior}"
-        )
+        return self.name if self.prior == "none" else f"{self.name} + {self.prior}"
 
 
 def grouped(results: dict[str, EvaluationResult]) -> list[Group]:
-    """The runs of ``results`` grouped by variant and prior, in the order of ``results``."""
-    groups: dict[tuple[str, str], list[str]] = {}
+    """The runs of ``results`` grouped by backbone, variant and prior, in their order."""
+    groups: dict[tuple[str | None, str, str], list[str]] = {}
     for name in results:
         v, prior, _ = split_name(name)
-        groups.setdefault((v.name, prior), []).append(name)
-    return [Group(VARIANTS[v], prior, names) for (v, prior), names in groups.items()]
+        groups.setdefault((backbone_of(name), v.name, prior), []).append(name)
+    return [Group(VARIANTS[v], prior, names, b) for (b, v, prior), names in groups.items()]
 
 
 def mean_se(values) -> tuple[float, float]:
@@ -487,7 +529,7 @@ def table_rows(results: dict[str, EvaluationResult], out: str | Path) -> list[li
 
         rows.append(
             [
-                g.variant.label,
+                g.name,
                 "yes" if g.variant.deq else "no",
                 "yes" if g.variant.overlap else "no",
                 g.variant.feedback if g.variant.deq else "-",
@@ -539,7 +581,7 @@ def write_markdown(
     """``out/ablation.md``: the settings and the table ``rows`` (:func:`table_rows`)."""
     first = next(iter(results.values()), None)
     lines = [
-        f"# Ablation: backbone `{base.model.backbone}`",
+        f"# Ablation: backbone {_backbones(results, base)}",
         "",
         f"Data: {first.data if first else '-'} ({first.summary['n_molecules'] if first else 0} "
         "molecules); per-molecule MAEs averaged over molecules (QH9); ψ: mean |cosine| of "
@@ -563,9 +605,16 @@ def write_markdown(
     return atomic_write(out / "ablation.md", "\n".join(lines) + "\n")
 
 
+def _backbones(results: dict[str, EvaluationResult], base: TrainConfig) -> str:
+    """The backbones of the runs in ``results`` (``base``'s for a one-backbone study)."""
+    names = [b for b in dict.fromkeys(backbone_of(n) for n in results) if b]
+    return ", ".join(f"`{b}`" for b in names or [base.model.backbone])
+
+
 def _label(name: str) -> str:
     variant, prior, _ = split_name(name)
-    return variant.label if prior == "none" else f"{variant.label} + {prior}"
+    label = variant.label_for(backbone_of(name))
+    return label if prior == "none" else f"{label} + {prior}"
 
 
 PALETTE = {
@@ -575,6 +624,21 @@ PALETTE = {
     "qhnet-s": "#ffbb78",
     "deqhnet-full": "#2ca02c",
 }
+# a second backbone's variants (a several-backbone study): the same hues, other shades
+PALETTE_OTHER = {
+    "deqhnet": "#17becf",
+    "deqhnet-no-s": "#9edae5",
+    "qhnet": "#d62728",
+    "qhnet-s": "#ff9896",
+    "deqhnet-full": "#98df8a",
+}
+
+
+def _color(name: str, results) -> str:
+    """A run's colour: its variant's, in the other shades for any backbone but the first."""
+    first = backbone_of(next(iter(results)))
+    palette = PALETTE if backbone_of(name) == first else PALETTE_OTHER
+    return palette.get(split_name(name)[0].name, "#7f7f7f")
 
 
 def write_time_chart(results: dict[str, EvaluationResult], base: TrainConfig, out: Path) -> Path:
@@ -590,7 +654,7 @@ def write_time_chart(results: dict[str, EvaluationResult], base: TrainConfig, ou
             ax.plot(
                 curve.minutes,
                 curve.mae * 1e6,
-                color=PALETTE.get(g.variant.name, "#7f7f7f"),
+                color=_color(name, results),
                 linestyle="-" if g.prior == "none" else "--",
                 linewidth=1.2,
                 label=g.label if k == 0 else None,
@@ -598,7 +662,7 @@ def write_time_chart(results: dict[str, EvaluationResult], base: TrainConfig, ou
     ax.set_yscale("log")
     ax.set_xlabel("training wall-clock time [min]")
     ax.set_ylabel("validation H MAE [$10^{-6}$ Ha]")
-    ax.set_title(f"Ablation ({base.model.backbone}): error against time")
+    ax.set_title(f"Ablation ({_backbones(results, base)}): error against time")
     if results:
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -618,7 +682,7 @@ def write_chart(results: dict[str, EvaluationResult], base: TrainConfig, path: P
         ("ε MAE [$10^{-6}$ Ha]", [r.summary["eps_occ_mae"] * 1e6 for r in results.values()]),
         ("ψ similarity [%]", [r.summary["psi_cos"] * 100 for r in results.values()]),
     )
-    colors = [PALETTE.get(split_name(n)[0].name, "#7f7f7f") for n in results]
+    colors = [_color(n, results) for n in results]
     fig = Figure(figsize=(12, 3.8))
     axes = fig.subplots(1, 3)
     for ax, (title, values) in zip(axes, panels):
@@ -635,7 +699,7 @@ def write_chart(results: dict[str, EvaluationResult], base: TrainConfig, path: P
             ax.set_ylim(max(0.0, low - 2 * span), high + 0.3 * span)
         else:
             ax.set_ylim(0, high * 1.15 if high > 0 else 1)
-    fig.suptitle(f"Ablation ({base.model.backbone})")
+    fig.suptitle(f"Ablation ({_backbones(results, base)})")
     fig.tight_layout()
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=120)
