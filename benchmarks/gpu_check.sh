@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# deqh on a bare NVIDIA GPU machine, in one go and under 8 minutes: the `gpu` tests, the ops
+# deqh on a bare NVIDIA GPU machine, in one go and under 8 minutes: the `gpu` tests (SPHNet's
+# layers under every backend among them: the plugin is installed beside deqh), the ops
 # benchmark (QHNet and DEQHNet, every backend), 200 steps of DEQHNet training per backend
 # (the loss must fall), a torch.compile attempt and, where gpu4pyscf is installed, GPU labels
 # against CPU labels; everything in one log. See docs/gpu.md.
@@ -78,7 +79,7 @@ if ((${#missing[@]})) || [ "$deqh_here" != 1 ]; then
   echo "installing deqh from this checkout into $SITE"
   rm -rf "$SITE"
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --no-build-isolation \
-    --target "$SITE" "${wheels[@]}" . || { echo "pip install failed"; exit 1; }
+    --target "$SITE" "${wheels[@]}" . ./plugins/deqh-sphnet || { echo "pip install failed"; exit 1; }
   rm -rf build
   export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 fi

@@ -62,4 +62,14 @@ PYTHON
     PYTHONPATH="$TMP/$site" "$TMP/$site/bin/deqh" data check --scf-sample 0 | grep -q "exact"
     PYTHONPATH="$TMP/$site" "$TMP/$site/bin/deqh" models | grep -q qh9-small
 done
-echo "smoke_install: wheel and pip install . both run from outside the checkout"
+# the SPHNet plugin as a third party installs it: a wheel of plugins/deqh-sphnet next to the
+# installed deqh adds `sphnet` to `deqh backbones`; without it, it is not there
+"$PY" -m pip wheel --no-deps --no-build-isolation -w "$TMP/plugin" "$TMP/src/plugins/deqh-sphnet" \
+    >"$TMP/plugin.log" 2>&1 || { cat "$TMP/plugin.log"; exit 1; }
+"$PY" -m pip install -q --no-deps --no-build-isolation --target "$TMP/sphnet" "$TMP"/plugin/deqh_sphnet-*.whl
+PYTHONPATH="$TMP/sphnet:$TMP/wheel" "$TMP/wheel/bin/deqh" backbones | grep -q "deqh-sphnet 0.1.0"
+if PYTHONPATH="$TMP/wheel" "$TMP/wheel/bin/deqh" backbones | grep -q sphnet; then
+    echo "smoke_install: sphnet listed without its plugin installed" >&2
+    exit 1
+fi
+echo "smoke_install: wheel and pip install . both run from outside the checkout; the sphnet plugin installs"

@@ -204,3 +204,53 @@ def test_ablate_two_backbones_into_one_table(sphnet_plugin, tmp_path):
     for label in ("| DEQHNet |", "| QHNet |", "| DEQ sphnet |", "| sphnet |"):
         assert label in table
     assert (out / "ablation_time.png").read_bytes()[:4] == b"\x89PNG"
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize(
+    "device", ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, CUDA])], ids=["cpu", "cuda"]
+)
+def test_every_layer_gives_the_same_under_every_ops_backend(sphnet_plugin, device):
+    """One set of weights, every backend of the device (fused and e3nn; cueq on CUDA where
+    installed): the same output of every spherical, diagonal and off-diagonal layer, with
+    the path gates frozen (the fused kernels then skip the dropped paths)."""
+    from torch_geometric.data import Batch
+
+    from deqh_core.ao.basis import AOLayout
+    from deqh_core.data.dataset import HamiltonianDataset
+    from deqh_core.ops import cueq_available, use_backend
+    from deqh_core.plugins import get_backbone
+    from deqh_core.solvers.backbone import ReducedSolver
+    from deqh_sphnet.config import SPHNetConfig
+    from deqh_sphnet.layers import DiagLayer, OffDiagLayer, SphericalLayer
+
+    layout = AOLayout("def2-svp", [1, 6, 8])
+    torch.manual_seed(0)
+    spec = get_backbone("sphnet")
+    solver = ReducedSolver(spec, SPHNetConfig(**SMALL), layout, False, True).double().to(device)
+    solver.backbone.training_step(1, 1)  # frozen paths
+    dataset = HamiltonianDataset(layout=layout)
+    batch = Batch.from_data_list([dataset[0], dataset[1]]).to(device)
+    outputs: dict[str, list[torch.Tensor]] = {}
+    layers = [
+        m for m in solver.modules() if isinstance(m, SphericalLayer | DiagLayer | OffDiagLayer)
+    ]
+    assert len(layers) == 6
+    backends = ["fused", "e3nn"] + (["cueq"] if device == "cuda" and cueq_available() else [])
+    for backend in backends:
+        captured: list[torch.Tensor] = []
+        hooks = [
+            m.register_forward_hook(lambda m, a, out, into=captured: into.append(out))
+            for m in layers
+        ]
+        use_backend(solver, backend)
+        with torch.no_grad():
+            solver(batch, None, solver.inject(batch))
+        for hook in hooks:
+            hook.remove()
+        outputs[backend] = captured
+    for backend in backends[1:]:
+        for reference, other in zip(outputs["fused"], outputs[backend], strict=True):
+            torch.testing.assert_close(other, reference)
