@@ -34,6 +34,12 @@ class SPHNetConfig(BaseModel):
         "(diagonal + off-diagonal) layer reading its output",
     )
     cutoff: float = Field(15.0, gt=0, description="spherical layers' graph cutoff, Å")
+    pair_cutoff: float = Field(
+        30.0,
+        gt=0,
+        description="cutoff of the pair-construction layers' radial basis, Å: a pair farther "
+        "apart gets no tensor-product term (all pairs of a QH9 molecule are nearer)",
+    )
     num_rbf: int = Field(16, ge=2, description="exponential-Bernstein radial functions")
     rbf_alpha: float = Field(0.5, gt=0, description="initial decay of the radial basis, 1/Å")
     radial_hidden: int = Field(32, ge=1, description="hidden width of the spherical layers' MLPs")

@@ -1,7 +1,8 @@
 """SPHNet's spherical node interaction and pair-construction layers.
 
 * :class:`SphericalLayer` -- ``x_j ⊗ Y(r̂_ij)`` messages (``uvu``), every path weighted by a
-  radial MLP times an MLP of the edge's invariants; summed, layer-normed; with a
+  radial MLP times an MLP of the edge's invariants; summed with the self term, layer-normed;
+  with a
   :class:`~deqh_sphnet.gates.PairGate` (edges) after the first layer.
 * :class:`DiagLayer` -- on-site features ``Lin(gate(x)) ⊗ Lin(gate(x))`` (``uuu``, learned
   per-channel weights), paths chosen by a :class:`~deqh_sphnet.gates.PathGate`.
@@ -91,10 +92,12 @@ class SphericalLayer(nn.Module):
         weights = self.radial(rbf) * self.attention(invariants)
         messages = self.tp(h[edge_src], self.tp.prepare(sh), weights)
         out = messages.new_zeros(x.shape[0], messages.shape[1]).index_add_(0, edge_dst, messages)
-        out = self.norm(out)
         if self.residual:
             out = out + h
-        out = self.out(out)
+        # normalised after the self term is added (the reference normalises the messages
+        # only): its NormGate'd self term otherwise grew without bound in one of two CPU-size
+        # training seeds (layer output ~7e3, off-diagonal blocks ~1e7 Ha)
+        out = self.out(self.norm(out))
         return x + out if self.residual else out
 
 

@@ -4,7 +4,8 @@ Data flow::
 
     inject(batch)      -- Z and R only: once per batch, also under a DEQ
       Z, R -> vectorial node interaction (ViSNet layers) -> atom scalars s_i
-      pairs -> distances -> exponential-Bernstein RBF, spherical harmonics
+      pairs -> distances -> exponential-Bernstein RBFs (cutoff for the spherical layers'
+      edges, pair_cutoff for the pair layers), spherical harmonics
       s -> spherical layer 1 -> x_1 -> diagonal / off-diagonal layer 1 -> f_ii, f_ij
       x_1 -> spherical layer 2 (pair gate) -> x_2 ... (pair_layers in all)
       the last off-diagonal layer's pair selection (pair gate on x_last's invariants)
@@ -110,6 +111,7 @@ class SPHNet(nn.Module):
             c.channels, c.vector_layers, c.vector_heads, c.vector_rbf, c.vector_cutoff
         )
         self.rbf = ExponentialBernstein(c.num_rbf, c.cutoff, c.rbf_alpha)
+        self.pair_rbf = ExponentialBernstein(c.num_rbf, c.pair_cutoff, c.rbf_alpha)
         scalars = o3.Irreps(f"{c.channels}x0e")
         self.spherical = nn.ModuleList(
             SphericalLayer(
@@ -177,6 +179,7 @@ class SPHNet(nn.Module):
             self.sh_degrees, vectors[edges], normalize=True, normalization="component"
         )
         edge = (pair_i[edges], pair_j[edges], pair_mol[edges], sh, rbf[edges])
+        rbf = self.pair_rbf(distance)  # the pair layers' basis (a longer reach)
         s = self.vectorial(batch.z, batch.pos, batch.batch)
         x, f_ii, f_ij = s, None, None
         last = len(self.spherical) - 1
