@@ -31,6 +31,7 @@ from deqh_core.plugins.manager import get_backbone
 from deqh_core.solvers.backbone import ReducedSolver
 from deqh_core.training.config import load_config
 from deqh_core.training.metrics import hamiltonian_loss
+from deqh_core.util.device import to_device
 
 
 def qh9_batch(molecules: int, atoms: int) -> tuple[Batch, AOLayout, list[int]]:
@@ -45,17 +46,19 @@ def qh9_batch(molecules: int, atoms: int) -> tuple[Batch, AOLayout, list[int]]:
         h = mol.intor("int1e_kin") + mol.intor("int1e_nuc")
         record = MoleculeRecord(k, np.asarray(z), pos, h, mol.intor("int1e_ovlp"))
         items.append(molecule_data(record, layout))
-    return Batch.from_data_list(items).to(torch.float32), layout, ids
+    return to_device(Batch.from_data_list(items), torch.device("cpu"), torch.float32), layout, ids
 
 
-def build(backbone: str, size: str, layout: AOLayout) -> torch.nn.Module:
+def build(
+    backbone: str, size: str, layout: AOLayout, sparsity: float | None = None
+) -> torch.nn.Module:
     spec = get_backbone(backbone)
-    if size == "paper":
-        config = spec.config()
-    else:
-        config = spec.config(
-            **load_config(size, None, {"model": {"backbone": backbone}}).model.params
-        )
+    params = {}
+    if size != "paper":
+        params = dict(load_config(size, None, {"model": {"backbone": backbone}}).model.params)
+    if backbone == "sphnet" and sparsity is not None:
+        params["sparsity"] = sparsity
+    config = spec.config(**params)
     torch.manual_seed(0)
     solver = ReducedSolver(spec, config, layout, reads_h=False, reads_s=False)
     if backbone == "sphnet":  # time it as it trains for most of its run: paths frozen
@@ -70,14 +73,19 @@ def main() -> None:
     parser.add_argument("--atoms", type=int, default=18)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--sparsity", type=float, nargs="+", default=[None], help="SPHNet sparsities to time"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"loadavg {Path('/proc/loadavg').read_text().split()[:3]}, {args.threads} threads")
     batch, layout, ids = qh9_batch(args.molecules, args.atoms)
     print(f"{args.size}: {len(ids)} QH9-stable-id train molecules of {args.atoms} atoms: {ids}")
     rows = {}
-    for backbone in ("qhnet", "sphnet"):
-        solver = build(backbone, args.size, layout)
+    runs = [("qhnet", None)] + [("sphnet", s) for s in args.sparsity]
+    for backbone, sparsity in runs:
+        solver = build(backbone, args.size, layout, sparsity)
+        name = backbone if sparsity is None else f"{backbone} (sparsity {sparsity:g})"
         optimizer = torch.optim.AdamW(solver.parameters(), lr=1e-4)
 
         def forward(solver=solver):
@@ -93,16 +101,16 @@ def main() -> None:
             optimizer.step()
 
         timing = {}
-        for name, fn in (("forward", forward), ("step", step)):
+        for kind, fn in (("forward", forward), ("step", step)):
             fn()  # warm-up
             times = []
             for _ in range(args.repeat):
                 start = time.perf_counter()
                 fn()
                 times.append(time.perf_counter() - start)
-            timing[name] = statistics.median(times)
-        rows[backbone] = (sum(p.numel() for p in solver.parameters()), timing)
-        print(f"{backbone}: {rows[backbone]}", flush=True)
+            timing[kind] = statistics.median(times)
+        rows[name] = (sum(p.numel() for p in solver.parameters()), timing)
+        print(f"{name}: {rows[name]}", flush=True)
     base = rows["qhnet"][1]
     print("\n| backbone | parameters | forward (s) | training step (s) | step / QHNet's |")
     print("|---|---:|---:|---:|---:|")
