@@ -165,6 +165,12 @@ def test_schedule_through_training_resume_ema_and_checkpoint(sphnet_plugin, tmp_
     state = load_checkpoint(tmp_path / "straight" / "last.pt")
     masks = [v for k, v in state["model"].items() if k.endswith("path_gate.mask")]
     assert [m.tolist() for m in masks] == [g.mask.tolist() for g in gates]
+    # and a model rebuilt from it (what deqh predict / evaluate / scf use) computes with it
+    from deqh_core.inference.loaded import load_model
+
+    loaded = load_model(tmp_path / "straight" / "last.pt", ema=False)
+    for kept, current in zip(_gates(loaded.model), gates):
+        assert int(kept.phase) == FROZEN and kept()[1] == current.eval()()[1]
 
 
 def test_cpu_presets_size_sphnet_and_refuse_a_backbone_without_a_size(
