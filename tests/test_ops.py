@@ -12,7 +12,7 @@ from e3nn import o3
 from e3nn.util.test import assert_equivariant
 
 from deqh_backbones.qhnet.attention import TransBlock
-from deqh_backbones.qhnet.conv import ConvNetLayer, natural_irreps
+from deqh_backbones.qhnet.conv import ConvNetLayer
 from deqh_backbones.qhnet.interaction import PairNetLayer, SelfNetLayer
 from deqh_core import ops
 from deqh_core.ops import (
@@ -24,6 +24,7 @@ from deqh_core.ops import (
     ScalarGate,
     SphericalTensorProduct,
     interaction_irreps,
+    natural_irreps,
 )
 from deqh_core.ops.backends import OpsError
 

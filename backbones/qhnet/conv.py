@@ -17,11 +17,6 @@ def shifted_softplus(x: torch.Tensor) -> torch.Tensor:
     return F.softplus(x) - math.log(2.0)
 
 
-def natural_irreps(channels: int, l_max: int) -> o3.Irreps:
-    """``C x 0e + C x 1o + C x 2e + ...`` up to ``l_max``: the hidden node irreps."""
-    return o3.Irreps([(channels, (l, (-1) ** l)) for l in range(l_max + 1)])
-
-
 class ConvNetLayer(nn.Module):
     """One TFN-style layer with QHNet's inner-product attention on the filter.
 

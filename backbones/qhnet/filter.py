@@ -24,9 +24,13 @@ from torch import nn
 
 from deqh_backbones.qhnet.attention import TransBlock
 from deqh_backbones.qhnet.config import QHNetConfig
-from deqh_backbones.qhnet.conv import natural_irreps
 from deqh_backbones.qhnet.interaction import PairNetLayer, SelfNetLayer
-from deqh_core.plugins import EquivariantLayerNorm, EquivariantLinear, interaction_irreps
+from deqh_core.plugins import (
+    EquivariantLayerNorm,
+    EquivariantLinear,
+    interaction_irreps,
+    natural_irreps,
+)
 
 
 @dataclass

@@ -32,7 +32,7 @@ from e3nn import o3
 from torch import nn
 
 from deqh_backbones.qhnet.config import QHNetConfig
-from deqh_backbones.qhnet.conv import ConvNetLayer, natural_irreps
+from deqh_backbones.qhnet.conv import ConvNetLayer
 from deqh_backbones.qhnet.filter import DEQHNetFilter, FilterInjection
 from deqh_backbones.qhnet.interaction import PairNetLayer, SelfNetLayer
 from deqh_core.plugins import (
@@ -44,7 +44,8 @@ from deqh_core.plugins import (
     ExpansionHead,
     ExponentialBernstein,
     edge_vectors,
-    interaction_irreps,
+    head_irreps,
+    natural_irreps,
     symmetrize,
     use_backend,
 )
@@ -101,19 +102,12 @@ class QHNet(nn.Module):
         self.irreps_hidden = natural_irreps(c.channels, c.l_max)
         expansion = BlockExpansion(layout)
         block_irreps = expansion.irreps
-        self.irreps_interaction = interaction_irreps(self.irreps_hidden, block_irreps, c.channels)
-        needed = {ir for _, ir in block_irreps}
-        missing = needed - {ir for _, ir in self.irreps_interaction}
-        if missing:
-            l_block = max(ir.l for ir in needed)
-            raise BackboneError(
-                f"the {layout.basis} blocks of {layout!r} contain irreps up to l={l_block} "
-                f"({sorted(missing)} among them), but products of hidden features with "
-                f"l_max={c.l_max} reach l={2 * c.l_max} only; use l_max >= {(l_block + 1) // 2}"
+        try:
+            self.irreps_interaction, self.irreps_bottleneck = head_irreps(
+                self.irreps_hidden, block_irreps, c.channels, c.bottleneck
             )
-        self.irreps_bottleneck = o3.Irreps(
-            [(c.bottleneck, ir) for _, ir in self.irreps_interaction if ir in needed]
-        )
+        except ValueError as err:
+            raise BackboneError(f"{layout.basis} ({layout!r}): {err}") from None
         self.first_interaction = c.layers - c.interaction_layers
 
         self.embedding = nn.Embedding(119, c.channels)

@@ -11,7 +11,8 @@ another and gives the same outputs to float tolerance):
 * :mod:`~.norm` -- :class:`EquivariantLayerNorm`;
 * :mod:`~.radial` -- :class:`ExponentialBernstein` (radial basis with a smooth cutoff);
 * :mod:`~.heads` -- :class:`ExpansionHead` (features -> AO blocks, element-conditioned),
-  :func:`interaction_irreps` (the irreps a head needs from products of hidden features);
+  :func:`natural_irreps`, :func:`interaction_irreps` and :func:`head_irreps` (the irreps of
+  hidden features, of their products and of the heads' inputs);
 * :mod:`~.channels` -- index tables for per-channel operations (no backends);
 * :mod:`~.backends` -- the backends (``fused``, ``e3nn``, ``cueq``, ``auto``), how ``auto``
   resolves, and :func:`use_backend` to switch a whole model.
@@ -33,7 +34,7 @@ from deqh_core.ops.backends import (
 )
 from deqh_core.ops.channels import Channels
 from deqh_core.ops.gate import NormGate, ScalarGate
-from deqh_core.ops.heads import ExpansionHead, interaction_irreps
+from deqh_core.ops.heads import ExpansionHead, head_irreps, interaction_irreps, natural_irreps
 from deqh_core.ops.linear import EquivariantLinear
 from deqh_core.ops.norm import EquivariantLayerNorm
 from deqh_core.ops.radial import ExponentialBernstein
@@ -56,7 +57,9 @@ __all__ = [
     "active_backends",
     "cueq_available",
     "cueq_kernels",
+    "head_irreps",
     "interaction_irreps",
+    "natural_irreps",
     "resolve",
     "use_backend",
 ]

@@ -17,6 +17,34 @@ from deqh_core.ao.expansion import BlockExpansion
 from deqh_core.ops.linear import EquivariantLinear
 
 
+def natural_irreps(channels: int, l_max: int) -> o3.Irreps:
+    """``C x 0e + C x 1o + C x 2e + ...`` up to ``l_max``: hidden node irreps of natural parity."""
+    return o3.Irreps([(channels, (l, (-1) ** l)) for l in range(l_max + 1)])
+
+
+def head_irreps(
+    hidden: o3.Irreps, block_irreps: o3.Irreps, channels: int, bottleneck: int
+) -> tuple[o3.Irreps, o3.Irreps]:
+    """``(interaction, bottleneck)`` irreps of a backbone whose pair / on-site layers multiply
+    ``hidden`` features (:func:`interaction_irreps`) and whose heads read ``bottleneck x ir``
+    of each irrep type of the blocks.
+
+    Raises:
+        ValueError: products of ``hidden`` features do not reach every irrep of the blocks.
+    """
+    interaction = interaction_irreps(hidden, block_irreps, channels)
+    needed = {ir for _, ir in block_irreps}
+    missing = needed - {ir for _, ir in interaction}
+    if missing:
+        l_block, l_hidden = max(ir.l for ir in needed), max(ir.l for _, ir in hidden)
+        raise ValueError(
+            f"the blocks contain irreps up to l={l_block} ({sorted(missing)} among them), but "
+            f"products of hidden features with l_max={l_hidden} reach l={2 * l_hidden} only; "
+            f"use l_max >= {(l_block + 1) // 2}"
+        )
+    return interaction, o3.Irreps([(bottleneck, ir) for _, ir in interaction if ir in needed])
+
+
 def interaction_irreps(hidden: o3.Irreps, needed: o3.Irreps, channels: int) -> o3.Irreps:
     """``hidden`` followed by ``channels x ir`` for every irrep type of ``needed`` that
     ``hidden`` lacks but ``hidden ⊗ hidden`` reaches (sorted), so that ``hidden`` is a prefix."""

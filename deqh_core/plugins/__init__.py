@@ -38,7 +38,9 @@ from deqh_core.ops import (
     OpsError,
     ScalarGate,
     SphericalTensorProduct,
+    head_irreps,
     interaction_irreps,
+    natural_irreps,
     use_backend,
 )
 from deqh_core.ops.graph import edge_vectors, radius_edges
@@ -76,8 +78,10 @@ __all__ = [
     "check_backbone",
     "edge_vectors",
     "get_backbone",
+    "head_irreps",
     "hookimpl",
     "interaction_irreps",
+    "natural_irreps",
     "radius_edges",
     "symmetrize",
     "use_backend",

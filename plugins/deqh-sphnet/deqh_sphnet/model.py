@@ -38,7 +38,8 @@ from deqh_core.plugins import (
     ExpansionHead,
     ExponentialBernstein,
     edge_vectors,
-    interaction_irreps,
+    head_irreps,
+    natural_irreps,
     symmetrize,
     use_backend,
 )
@@ -93,20 +94,14 @@ class SPHNet(nn.Module):
         self.layout = layout
         self.irreps_sh = o3.Irreps.spherical_harmonics(c.l_max)
         self.sh_degrees = list(range(c.l_max + 1))
-        self.irreps_hidden = o3.Irreps([(c.channels, (l, (-1) ** l)) for l in range(c.l_max + 1)])
+        self.irreps_hidden = natural_irreps(c.channels, c.l_max)
         expansion = BlockExpansion(layout)
-        block_irreps = expansion.irreps
-        self.irreps_interaction = interaction_irreps(self.irreps_hidden, block_irreps, c.channels)
-        needed = {ir for _, ir in block_irreps}
-        missing = needed - {ir for _, ir in self.irreps_interaction}
-        if missing:
-            raise BackboneError(
-                f"the {layout.basis} blocks contain irreps {sorted(missing)} that products of "
-                f"hidden features with l_max={c.l_max} do not reach; raise l_max"
+        try:
+            self.irreps_interaction, self.irreps_bottleneck = head_irreps(
+                self.irreps_hidden, expansion.irreps, c.channels, c.bottleneck
             )
-        self.irreps_bottleneck = o3.Irreps(
-            [(c.bottleneck, ir) for _, ir in self.irreps_interaction if ir in needed]
-        )
+        except ValueError as err:
+            raise BackboneError(f"{layout.basis} ({layout!r}): {err}") from None
         self.vectorial = VectorialBlock(
             c.channels, c.vector_layers, c.vector_heads, c.vector_rbf, c.vector_cutoff
         )
