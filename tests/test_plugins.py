@@ -2,8 +2,6 @@
 
 import ast
 import importlib
-import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -18,23 +16,14 @@ from deqh_core.plugins import manager as plugins
 from deqh_core.plugins.testing import check_backbone
 from deqh_core.solvers.backbone import BackboneError, BackboneSpec
 from deqh_core.solvers.protocol import Capabilities
-
-
-def _deqh(*args, site=None):
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    if site is not None:
-        env["PYTHONPATH"] = str(site)
-    return subprocess.run(
-        [sys.executable, "-m", "deqh_core", *args], capture_output=True, text=True, env=env
-    )
+from tests.helpers import run_deqh
 
 
 def test_installed_plugin_is_listed_and_uninstalled_one_is_not(example_plugin):
-    listed = _deqh("backbones", site=example_plugin)
+    listed = run_deqh("backbones", site=example_plugin)
     assert listed.returncode == 0, listed.stderr
     assert "tfn-mini" in listed.stdout and "deqh-example-backbone 0.1.0" in listed.stdout
-    without = _deqh("backbones")
+    without = run_deqh("backbones")
     assert without.returncode == 0 and "tfn-mini" not in without.stdout
 
 
@@ -43,7 +32,7 @@ def test_example_backbone_passes_the_conformance_kit(example_plugin):
     modes = {r.mode for r in results}
     assert modes == {"predictor", "reads S", "reads H+S"}
     assert all(r.passed for r in results)
-    cli = _deqh("backbones", "check", "tfn-mini", site=example_plugin)
+    cli = run_deqh("backbones", "check", "tfn-mini", site=example_plugin)
     assert cli.returncode == 0, cli.stderr
     assert "rotation equivariance" in cli.stdout and "FAIL" not in cli.stdout
 
@@ -78,7 +67,7 @@ def test_example_backbone_uses_the_ops_seam(example_plugin):
 def test_train_example_with_and_without_deq_through_the_cli(example_plugin, tmp_path):
     for deq in ("--no-deq", "--deq"):
         out = tmp_path / deq
-        result = _deqh(
+        result = run_deqh(
             "train",
             "--backbone",
             "tfn-mini",

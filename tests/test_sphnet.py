@@ -2,16 +2,13 @@
 the conformance kit in every mode, its sparsity gates and their schedule through training,
 resume, EMA and checkpoints."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 from deqh_core.plugins import check_backbone
 from deqh_core.training.config import ConfigError, load_config
 from deqh_core.training.trainer import Trainer, load_checkpoint
+from tests.helpers import run_deqh
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,18 +26,8 @@ SMALL = {
 }
 
 
-def _deqh(*args, site=None):
-    env = dict(os.environ)
-    env.pop("PYTHONPATH", None)
-    if site is not None:
-        env["PYTHONPATH"] = str(site)
-    return subprocess.run(
-        [sys.executable, "-m", "deqh_core", *args], capture_output=True, text=True, env=env
-    )
-
-
 def test_installed_sphnet_is_listed_with_its_package(sphnet_plugin):
-    listed = _deqh("backbones", site=sphnet_plugin)
+    listed = run_deqh("backbones", site=sphnet_plugin)
     assert listed.returncode == 0, listed.stderr
     assert "sphnet" in listed.stdout and "deqh-sphnet 0.1.0" in listed.stdout
 
