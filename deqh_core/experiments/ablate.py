@@ -581,7 +581,7 @@ def write_markdown(
     """``out/ablation.md``: the settings and the table ``rows`` (:func:`table_rows`)."""
     first = next(iter(results.values()), None)
     lines = [
-        f"# Ablation: backbone {_backbones(results, base)}",
+        f"# Ablation: backbone {_backbones(results, base, '`')}",
         "",
         f"Data: {first.data if first else '-'} ({first.summary['n_molecules'] if first else 0} "
         "molecules); per-molecule MAEs averaged over molecules (QH9); ψ: mean |cosine| of "
@@ -605,10 +605,11 @@ def write_markdown(
     return atomic_write(out / "ablation.md", "\n".join(lines) + "\n")
 
 
-def _backbones(results: dict[str, EvaluationResult], base: TrainConfig) -> str:
-    """The backbones of the runs in ``results`` (``base``'s for a one-backbone study)."""
+def _backbones(results: dict[str, EvaluationResult], base: TrainConfig, quote: str = "") -> str:
+    """The backbones of the runs in ``results`` (``base``'s for a one-backbone study), each
+    between ``quote`` marks (Markdown code: a backtick)."""
     names = [b for b in dict.fromkeys(backbone_of(n) for n in results) if b]
-    return ", ".join(f"`{b}`" for b in names or [base.model.backbone])
+    return ", ".join(f"{quote}{b}{quote}" for b in names or [base.model.backbone])
 
 
 def _label(name: str) -> str:
