@@ -435,7 +435,8 @@ def our_config(args, seed: int, out: Path):
         "qh9-small",
         None,
         {
-            "model": {"backbone": "sphnet"},
+            "model": {"backbone": "sphnet"}
+            | ({} if args.ours_sparsity is None else {"params": {"sparsity": args.ours_sparsity}}),
             "data": {"path": str(data)},
             "optim": {"max_steps": args.steps},
             "run": {
@@ -620,6 +621,13 @@ def main() -> None:
     parser.add_argument("--val-every", type=int, default=250)
     parser.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--ours-sparsity",
+        type=float,
+        default=None,
+        help="sparsity of our model (default: the qh9-small preset's, 0; the reference runs at "
+        "its QH9 value, 0.7)",
+    )
     parser.add_argument(
         "--reference-tp-gate",
         action="store_true",
