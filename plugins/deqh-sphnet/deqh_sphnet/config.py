@@ -53,6 +53,15 @@ class SPHNetConfig(BaseModel):
         description="share of atom pairs each pair gate drops (per molecule) and of coupling "
         "paths each tensor-product gate drops",
     )
+    pair_sparsity: float | None = Field(
+        None, ge=0, lt=1, description="the pair gates' own sparsity (ablation); None: sparsity"
+    )
+    path_sparsity: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="the tensor-product gates' own sparsity (ablation); None: sparsity",
+    )
     tp_random_until: float = Field(
         0.033,
         ge=0,
@@ -84,6 +93,16 @@ class SPHNetConfig(BaseModel):
                 f"tp_freeze_at ({self.tp_freeze_at}) < tp_random_until ({self.tp_random_until})"
             )
         return self
+
+    @property
+    def pair_share(self) -> float:
+        """Share of pairs the pair gates drop."""
+        return self.sparsity if self.pair_sparsity is None else self.pair_sparsity
+
+    @property
+    def path_share(self) -> float:
+        """Share of coupling paths the tensor-product gates drop."""
+        return self.sparsity if self.path_sparsity is None else self.path_sparsity
 
     @property
     def weight_width(self) -> int:

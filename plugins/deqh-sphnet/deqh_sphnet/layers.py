@@ -141,8 +141,8 @@ class OffDiagLayer(nn.Module):
         irreps_out: o3.Irreps,
         num_rbf: int,
         hidden: int,
-        sparsity: float,
-        gated: bool,
+        path_sparsity: float,
+        pair_sparsity: float | None,
     ):
         super().__init__()
         self.channels = Channels(irreps_hidden)
@@ -156,8 +156,8 @@ class OffDiagLayer(nn.Module):
         self.attention = nn.Sequential(
             nn.Linear(n_invariants, hidden), nn.SiLU(), nn.Linear(hidden, n)
         )
-        self.path_gate = PathGate(self.tp.n_paths, sparsity)
-        self.pair_gate = PairGate(n_invariants, sparsity) if gated else None
+        self.path_gate = PathGate(self.tp.n_paths, path_sparsity)
+        self.pair_gate = None if pair_sparsity is None else PairGate(n_invariants, pair_sparsity)
         self.gate_out = NormGate(irreps_out, hidden=irreps_hidden.num_irreps)
         self.lin_out = EquivariantLinear(irreps_out, irreps_out, biases=True)
 

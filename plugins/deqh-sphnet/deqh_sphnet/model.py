@@ -115,12 +115,12 @@ class SPHNet(nn.Module):
                 self.irreps_sh,
                 c.num_rbf,
                 c.radial_hidden,
-                sparsity=None if k == 0 else c.sparsity,
+                sparsity=None if k == 0 else c.pair_share,
             )
             for k in range(c.pair_layers)
         )
         self.diag = nn.ModuleList(
-            DiagLayer(self.irreps_hidden, self.irreps_interaction, c.sparsity)
+            DiagLayer(self.irreps_hidden, self.irreps_interaction, c.path_share)
             for _ in range(c.pair_layers)
         )
         self.off = nn.ModuleList(
@@ -129,8 +129,8 @@ class SPHNet(nn.Module):
                 self.irreps_interaction,
                 c.num_rbf,
                 c.weight_width,
-                c.sparsity,
-                gated=k > 0,
+                c.path_share,
+                pair_sparsity=None if k == 0 else c.pair_share,
             )
             for k in range(c.pair_layers)
         )
