@@ -335,12 +335,12 @@ def _preset_for(preset: str, sources: list[dict]) -> dict:
     ``model.params`` are QHNet's; another backbone brings its own (``BackboneSpec.presets``)."""
     values = PRESETS[preset]
     params = values.get("model", {}).get("params")
-    backbone = values.get("model", {}).get("backbone", "qhnet")
+    sized_for = backbone = values.get("model", {}).get("backbone", "qhnet")
     for update in sources:
         model = update.get("model")
         if isinstance(model, dict) and isinstance(model.get("backbone"), str):
             backbone = model["backbone"]
-    if params is None or backbone == values.get("model", {}).get("backbone", "qhnet"):
+    if params is None or backbone == sized_for:
         return values
     spec = get_backbone(backbone)
     if preset not in spec.presets:
