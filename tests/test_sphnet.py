@@ -56,6 +56,32 @@ def test_pair_gate_keeps_a_share_per_molecule_and_symmetric_pairs_together(sphne
     assert kept == [0, 1, 2, 3, 10, 11]  # the tie at 7 kept together: 4 pairs, not 3
 
 
+def test_pair_gate_factor_gives_no_reward_for_inflating_the_scores(sphnet_plugin):
+    """The pair features' factor must not rise when every score is scaled or shifted: with the
+    raw ``sigmoid(score - threshold)`` it did, and the gate inflated its scores until training
+    diverged (docs/backbones.md)."""
+    from deqh_sphnet.gates import PairGate
+
+    torch.manual_seed(0)
+    gate = PairGate(6, sparsity=0.7).double()
+    invariants = torch.randn(30, 6, dtype=torch.float64)
+    group = torch.tensor([0] * 12 + [1] * 18)
+    kept, factor = gate(invariants, group)
+    assert ((factor > 0.5 - 1e-9) & (factor < 1)).all()
+    assert kept.tolist() == sorted(kept.tolist())
+    with torch.no_grad():  # every score times 7, plus 3: same pairs, same factors
+        gate.score.weight.mul_(7.0)
+        gate.score.bias.mul_(7.0).add_(3.0)
+    kept_scaled, factor_scaled = gate(invariants, group)
+    assert torch.equal(kept_scaled, kept)
+    torch.testing.assert_close(factor_scaled, factor)
+    # so no gradient along the scorer's scale or shift: dF/dW . W == 0 and dF/db == 0
+    factor_scaled.pow(2).sum().backward()
+    w, b = gate.score.weight, gate.score.bias
+    assert w.grad.norm() > 1e-3  # the gate still learns which pairs matter
+    assert abs(float((w.grad * w).sum())) < 1e-9 and abs(float(b.grad)) < 1e-9
+
+
 def test_path_gate_schedule_random_learned_frozen(sphnet_plugin):
     from deqh_sphnet.gates import FROZEN, LEARNED, RANDOM, PathGate
 
