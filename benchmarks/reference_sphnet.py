@@ -637,9 +637,10 @@ def main() -> None:
     )
     parser.add_argument(
         "--reference-orders",
-        type=lambda text: [int(o) for o in text.split(",")],
+        type=lambda text: [int(o) for o in text.split(",") if o],
         default=[2, 4],
-        help="comma-separated orders of the reference (hidden and head l_max; module doc)",
+        help="comma-separated orders of the reference (hidden and head l_max; module doc); "
+        "'' runs ours only",
     )
     parser.add_argument("--work", type=Path, default=None, help="run folder (default: temp)")
     args = parser.parse_args()

@@ -1,7 +1,7 @@
 """SPHNet's sparsity at deqh's CPU size: validation H MAE after a fixed number of qh9-small
-steps for several gate sparsities (and QHNet beside), several seeds, two runs at a time on one
-thread each. Resumable: a finished run (its out folder has last.pt at the final step) is read,
-not rerun.
+steps for several gate sparsities (and QHNet beside), several seeds, ``--jobs`` runs at a time
+(default 2) on one thread each. Resumable: a finished run (its out folder has last.pt at the
+final step) is read, not rerun.
 
     python benchmarks/sphnet_sparsity.py --steps 1500 --seeds 2 --out runs/sphnet-sparsity
 
@@ -54,12 +54,16 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--sparsity", type=float, nargs="+", default=[0.7, 0.5, 0.3, 0.0])
     parser.add_argument("--out", type=Path, default=Path("runs/sphnet-sparsity"))
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
     args = parser.parse_args()
     jobs = [("qhnet", None)] + [("sphnet", s) for s in args.sparsity]
     tasks = [(b, s, seed) for b, s in jobs for seed in range(args.seeds)]
-    with ThreadPoolExecutor(2) as pool:
+    with ThreadPoolExecutor(args.jobs) as pool:
         folders = list(pool.map(lambda t: run(args.out, *t, args.steps), tasks))
-    print(f"qh9-small, {args.steps} steps, {args.seeds} seeds, one thread per run, 2 at a time")
+    print(
+        f"qh9-small, {args.steps} steps, {args.seeds} seeds, one thread per run, "
+        f"{args.jobs} at a time"
+    )
     print("| backbone | sparsity | val H MAE, µHa (mean ± s.e.) | s/step (median of seeds) |")
     print("|---|---|---|---|")
     for b, s in jobs:
