@@ -12,13 +12,11 @@ Deviations from the reference, and why: the pair threshold is taken per molecule
 whole batch, so that a molecule's result does not depend on its batch-mates (the conformance kit
 checks it); scores within a relative 1e-5 of the threshold are kept together, so that pairs
 related by a molecular symmetry, whose scores agree up to rounding, share one fate and the model
-stays equivariant. The scores are standardised per molecule before the sigmoid (the reference
-uses the raw score): the raw factor rewards inflating every score, since a kept pair's factor
-rises towards 1 when all scores spread apart, and at deqh's CPU size with both gates on this ran
-away -- the off-diagonal gate's score spread grew from 1 to 1.5e4 within 800 steps, the pair
-features to 1e4 and training diverged (val H MAE 19.7 k -> 71 k µHa); standardised, the factor
-is blind to the scores' scale and the same run trains (13.8 k µHa at step 1000, docs/backbones.md).
-The path weights rescale the kept paths by ``w_p / mean(w_kept)`` (the
+stays equivariant. The factor reads the scores standardised per molecule (the reference: raw
+scores): the raw factor rewards spreading every score apart, since each kept pair's factor then
+rises towards 1, and with both gates on at deqh's CPU size that ran away until training
+diverged (docs/backbones.md); standardised, it cannot be raised by scaling or shifting the
+scores. The path weights rescale the kept paths by ``w_p / mean(w_kept)`` (the
 reference divides by their sum across all outputs); only their ratios matter in both.
 """
 
