@@ -108,7 +108,12 @@ def test_labels_equal_the_shared_file(tmp_path, shared):
     assert result.exit_code == 0, result.output
     assert "wrote 2, failed 0" in " ".join(result.stdout.split())
     with HamiltonianDB(out) as db:
-        assert db.ids() == [1, 2] and db.recipe == shared.recipe
+        # the same recipe; the PySCF release may be newer than the shared file's (the labels
+        # must still agree, below)
+        def recipe(db):
+            return {k: v for k, v in db.recipe.items() if k != "pyscf_version"}
+
+        assert db.ids() == [1, 2] and recipe(db) == recipe(shared)
         for qh9_id in (1, 2):
             mine, ref = db.get(qh9_id), shared.get(qh9_id)
             assert mine.source == ref.source
